@@ -1,0 +1,317 @@
+//! Task execution: one task per (sub-topology, input partition) runs the
+//! processors of that sub-topology on the records of that partition, with its
+//! own state stores. The test driver and the Kafka runtime both drive tasks.
+
+pub(crate) mod node;
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{dead_letter, ErrorPolicy, StreamsConfig};
+use crate::error::{Result, StoreError, StreamError};
+use crate::metrics::TaskMetrics;
+use crate::processor::PunctuationType;
+use crate::record::{OutputRecord, RawRecord, RecordMetadata};
+use crate::state::KeyValueStore;
+use crate::topology::{TaskId, Topology};
+use node::Node;
+
+/// A punctuation registered by a processor.
+struct Schedule {
+    node: usize,
+    interval: i64,
+    kind: PunctuationType,
+    /// When it is due next; `None` for stream time before the first record.
+    next: Option<i64>,
+}
+
+/// What processors reach through their context.
+pub(crate) struct TaskCore {
+    /// Taken out (`None`) while the node runs, put back afterwards.
+    nodes: Vec<Option<Box<dyn Node>>>,
+    /// For each node, the indices of the stores connected to it.
+    node_stores: Vec<Vec<usize>>,
+    pub(crate) stores: Vec<Box<dyn KeyValueStore>>,
+    pub(crate) output: Vec<OutputRecord>,
+    /// The record being processed, for source nodes and error reports.
+    pub(crate) raw: Option<RawRecord>,
+    pub(crate) current: Option<RecordMetadata>,
+    pub(crate) stream_time: i64,
+    pub(crate) wall_clock: i64,
+    schedules: Vec<Schedule>,
+    pub(crate) metrics: TaskMetrics,
+    pub(crate) partition: u32,
+    pub(crate) application_id: Arc<str>,
+    /// Partition counts of the topics the host knows.
+    pub(crate) partitions: Arc<BTreeMap<String, u32>>,
+}
+
+impl TaskCore {
+    /// Runs node `id` on `record` (an `Option<Record<K, V>>`).
+    pub(crate) fn dispatch(&mut self, id: usize, record: &mut dyn Any) -> Result<()> {
+        let mut node = self.nodes[id]
+            .take()
+            .ok_or_else(|| StreamError::processing(format!("internal error: node {id} re-entered")))?;
+        let result = node.process(self, id, record);
+        self.nodes[id] = Some(node);
+        result
+    }
+
+    fn with_node(&mut self, id: usize, f: impl FnOnce(&mut dyn Node, &mut TaskCore) -> Result<()>) -> Result<()> {
+        let Some(mut node) = self.nodes[id].take() else {
+            return Ok(());
+        };
+        let result = f(node.as_mut(), self);
+        self.nodes[id] = Some(node);
+        result
+    }
+
+    pub(crate) fn store_index(&self, node: usize, name: &str) -> Result<usize, StoreError> {
+        self.node_stores[node]
+            .iter()
+            .copied()
+            .find(|&i| self.stores[i].name() == name)
+            .ok_or_else(|| StoreError::NotConnected(name.to_string()))
+    }
+
+    pub(crate) fn schedule(&mut self, node: usize, interval: Duration, kind: PunctuationType) {
+        let interval = (interval.as_millis() as i64).max(1);
+        let next = match kind {
+            PunctuationType::StreamTime if self.stream_time == i64::MIN => None,
+            PunctuationType::StreamTime => Some(self.stream_time.saturating_add(interval)),
+            PunctuationType::WallClock => Some(self.wall_clock.saturating_add(interval)),
+        };
+        self.schedules.push(Schedule { node, interval, kind, next });
+    }
+
+    /// Runs the punctuations of `kind` that are due at `now`, once each.
+    fn punctuate(&mut self, kind: PunctuationType, now: i64) -> Result<()> {
+        for i in 0..self.schedules.len() {
+            let schedule = &mut self.schedules[i];
+            if schedule.kind != kind {
+                continue;
+            }
+            let next = *schedule.next.get_or_insert(now.saturating_add(schedule.interval));
+            if now < next {
+                continue;
+            }
+            let missed = (now - next) / schedule.interval;
+            schedule.next = Some(next + (missed + 1) * schedule.interval);
+            let node = schedule.node;
+            self.metrics.punctuations += 1;
+            self.with_node(node, |n, core| n.punctuate(core, node, kind, now))?;
+        }
+        Ok(())
+    }
+}
+
+/// One task: a sub-topology instantiated for one input partition.
+pub(crate) struct Task {
+    id: TaskId,
+    core: TaskCore,
+    /// Source topic (resolved name) → source node.
+    sources: HashMap<String, usize>,
+    /// Changelog topic of each store.
+    changelogs: Vec<String>,
+    on_deserialization_error: ErrorPolicy,
+    on_processing_error: ErrorPolicy,
+}
+
+impl Task {
+    /// Instantiates task `id` of `topology`, opens its stores and initialises its processors.
+    pub(crate) fn new(
+        topology: &Topology,
+        id: TaskId,
+        config: &StreamsConfig,
+        partitions: Arc<BTreeMap<String, u32>>,
+        wall_clock: i64,
+    ) -> Result<Task> {
+        let app = config.application_id.as_str();
+        let sub = topology.subtopology(id.subtopology)?;
+        let local: HashMap<usize, usize> = sub.nodes.iter().enumerate().map(|(l, &g)| (g, l)).collect();
+        let stores = config.state.open_task_stores(app, &id.to_string(), &sub.stores)?;
+        let mut nodes = Vec::with_capacity(sub.nodes.len());
+        let mut node_stores = Vec::with_capacity(sub.nodes.len());
+        let mut sources = HashMap::new();
+        for (l, &g) in sub.nodes.iter().enumerate() {
+            let def = topology.node(g);
+            let mut node = (def.factory)(app);
+            node.set_children(def.children.iter().map(|c| local[c]).collect());
+            nodes.push(Some(node));
+            node_stores.push(
+                def.stores.iter().filter_map(|s| sub.stores.iter().position(|n| n == s)).collect(),
+            );
+            for topic in def.source_topics() {
+                sources.insert(topic.resolve(app), l);
+            }
+        }
+        let changelogs = sub.stores.iter().map(|s| crate::topology::changelog_topic(app, s)).collect();
+        let core = TaskCore {
+            nodes,
+            node_stores,
+            stores,
+            output: Vec::new(),
+            raw: None,
+            current: None,
+            stream_time: i64::MIN,
+            wall_clock,
+            schedules: Vec::new(),
+            metrics: TaskMetrics::default(),
+            partition: id.partition,
+            application_id: Arc::from(app),
+            partitions,
+        };
+        let mut task = Task {
+            id,
+            core,
+            sources,
+            changelogs,
+            on_deserialization_error: config.on_deserialization_error.clone(),
+            on_processing_error: config.on_processing_error.clone(),
+        };
+        for i in 0..task.core.nodes.len() {
+            task.core.with_node(i, |n, core| n.init(core, i))?;
+        }
+        Ok(task)
+    }
+
+    /// Processes one record read from `meta.topic`. A failing record has no
+    /// effect (its store writes and outputs are undone) and is handled by the
+    /// error policy; only `ErrorPolicy::Fail` returns the error.
+    pub(crate) fn process(&mut self, meta: RecordMetadata, raw: RawRecord) -> Result<()> {
+        let source = *self.sources.get(&meta.topic).ok_or_else(|| {
+            StreamError::processing(format!("task {} does not read topic `{}`", self.id, meta.topic))
+        })?;
+        self.core.metrics.records_in += 1;
+        self.core.stream_time = self.core.stream_time.max(raw.timestamp);
+        let output_mark = self.core.output.len();
+        let records_out_mark = self.core.metrics.records_out;
+        for store in &mut self.core.stores {
+            store.begin_record();
+        }
+        self.core.raw = Some(raw);
+        self.core.current = Some(meta);
+        let result = self.core.dispatch(source, &mut ());
+        let raw = self.core.raw.take();
+        let meta = self.core.current.take();
+        if let Err(error) = result {
+            self.core.output.truncate(output_mark);
+            self.core.metrics.records_out = records_out_mark;
+            for store in &mut self.core.stores {
+                store.rollback_record();
+            }
+            if let (Some(raw), Some(meta)) = (raw, meta) {
+                self.handle_failure(error, raw, meta)?;
+            }
+        }
+        let now = self.core.stream_time;
+        self.punctuate(PunctuationType::StreamTime, now)
+    }
+
+    /// Advances the wall clock to `now` and runs the wall-clock punctuations due.
+    pub(crate) fn advance_wall_clock(&mut self, now: i64) -> Result<()> {
+        self.core.wall_clock = self.core.wall_clock.max(now);
+        let now = self.core.wall_clock;
+        self.punctuate(PunctuationType::WallClock, now)
+    }
+
+    fn punctuate(&mut self, kind: PunctuationType, now: i64) -> Result<()> {
+        match self.core.punctuate(kind, now) {
+            Ok(()) => Ok(()),
+            Err(error) if self.on_processing_error == ErrorPolicy::Fail => Err(error),
+            Err(error) => {
+                tracing::warn!(task = %self.id, %error, "punctuation failed; continuing");
+                self.core.metrics.skipped += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_failure(&mut self, error: StreamError, raw: RawRecord, meta: RecordMetadata) -> Result<()> {
+        let (stage, policy) = match error {
+            StreamError::Deserialization(_) => ("deserialization", &self.on_deserialization_error),
+            _ => ("processing", &self.on_processing_error),
+        };
+        match policy {
+            ErrorPolicy::Fail => Err(StreamError::Failed {
+                stage,
+                topic: meta.topic,
+                partition: meta.partition,
+                offset: meta.offset,
+                source: Box::new(error),
+            }),
+            ErrorPolicy::Skip => {
+                tracing::warn!(task = %self.id, topic = %meta.topic, partition = meta.partition,
+                    offset = meta.offset, stage, %error, "skipping record");
+                self.core.metrics.skipped += 1;
+                Ok(())
+            }
+            ErrorPolicy::DeadLetter(topic) => {
+                tracing::warn!(task = %self.id, topic = %meta.topic, partition = meta.partition,
+                    offset = meta.offset, stage, %error, dead_letter_topic = %topic, "dead-lettering record");
+                let mut headers = raw.headers;
+                headers
+                    .add(dead_letter::TOPIC, meta.topic)
+                    .add(dead_letter::PARTITION, meta.partition.to_string())
+                    .add(dead_letter::OFFSET, meta.offset.to_string())
+                    .add(dead_letter::STAGE, stage)
+                    .add(dead_letter::MESSAGE, error.to_string());
+                let record = RawRecord { key: raw.key, value: raw.value, timestamp: raw.timestamp, headers };
+                self.core.output.push(OutputRecord { topic: topic.clone(), partition: None, record });
+                self.core.metrics.dead_lettered += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the records produced since the last call.
+    pub(crate) fn take_output(&mut self) -> Vec<OutputRecord> {
+        std::mem::take(&mut self.core.output)
+    }
+
+    /// Appends the stores' staged changes to the output, as changelog records
+    /// for this task's partition. Call before producing a commit's output.
+    pub(crate) fn prepare_commit(&mut self) {
+        for (store, topic) in self.core.stores.iter().zip(&self.changelogs) {
+            for (key, value) in store.pending_changes() {
+                let record = RawRecord { key: Some(key), value, timestamp: self.core.stream_time.max(0), headers: Default::default() };
+                self.core.output.push(OutputRecord { topic: topic.clone(), partition: Some(self.id.partition), record });
+            }
+        }
+    }
+
+    /// Makes the stores' staged writes durable (after the output is committed).
+    pub(crate) fn commit(&mut self) -> Result<()> {
+        for store in &mut self.core.stores {
+            store.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Discards staged writes and pending output.
+    #[allow(dead_code)] // used by the Kafka runtime
+    pub(crate) fn abort(&mut self) {
+        self.core.output.clear();
+        for store in &mut self.core.stores {
+            store.abort();
+        }
+    }
+
+    /// Closes the processors.
+    pub(crate) fn close(&mut self) {
+        for node in self.core.nodes.iter_mut().flatten() {
+            node.close();
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> &TaskMetrics {
+        &self.core.metrics
+    }
+
+    /// The store `name` of this task, if it has one.
+    pub(crate) fn store_mut(&mut self, name: &str) -> Option<&mut dyn KeyValueStore> {
+        self.core.stores.iter_mut().find(|s| s.name() == name).map(|s| &mut **s as &mut dyn KeyValueStore)
+    }
+}

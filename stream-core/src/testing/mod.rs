@@ -1,0 +1,295 @@
+//! A deterministic, in-process host for topologies: no broker, no threads.
+//!
+//! Like Kafka Streams' `TopologyTestDriver`: pipe records into input topics,
+//! read output topics in order, read any store, advance the wall clock. Keys
+//! land on the partition Kafka's default (murmur2) partitioner picks for the
+//! configured partition count, so a topology runs with one task per partition
+//! exactly as it does on a cluster. Records written to a topic the topology
+//! reads (repartition topics included) are processed before `pipe` returns;
+//! each `pipe` ends with a commit of every task (stores' staged writes become
+//! durable and their changes are written to the changelog topics).
+
+mod topics;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use topics::{TestInputTopic, TestOutputTopic, TestRecord, TestStore};
+
+use crate::config::StreamsConfig;
+use crate::error::Result;
+use crate::metrics::TaskMetrics;
+use crate::partitioner::partition_for_key;
+use crate::record::{OutputRecord, RawRecord, RecordMetadata};
+use crate::serdes::Serde;
+use crate::task::Task;
+use crate::topology::{PartitionPlan, TaskId, Topology};
+
+/// Configures a [`TestDriver`].
+pub struct TestDriverBuilder {
+    topology: Topology,
+    config: StreamsConfig,
+    default_partitions: u32,
+    partitions: BTreeMap<String, u32>,
+    wall_clock: i64,
+}
+
+impl TestDriverBuilder {
+    /// Application id, error policies and state backend (default: `test-app`,
+    /// fail on errors, stores in memory).
+    pub fn config(mut self, config: StreamsConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The partition count of every topic not given one with
+    /// [`TestDriverBuilder::topic_partitions`] (default 1).
+    pub fn partitions(mut self, count: u32) -> Self {
+        self.default_partitions = count.max(1);
+        self
+    }
+
+    /// The partition count of `topic`.
+    pub fn topic_partitions(mut self, topic: &str, count: u32) -> Self {
+        self.partitions.insert(topic.to_string(), count.max(1));
+        self
+    }
+
+    /// The initial wall-clock time in milliseconds (default 0).
+    pub fn wall_clock(mut self, millis: i64) -> Self {
+        self.wall_clock = millis;
+        self
+    }
+
+    /// Checks co-partitioning and creates (and initialises) every task.
+    pub fn build(self) -> Result<TestDriver> {
+        let app = self.config.application_id.clone();
+        let default = self.default_partitions;
+        let given = self.partitions;
+        let plan = self.topology.partition_plan(&app, |t| Some(given.get(t).copied().unwrap_or(default)))?;
+        let mut partitions = given;
+        for topic in self.topology.sink_topics() {
+            partitions.entry(topic).or_insert(default);
+        }
+        partitions.extend(plan.topics.iter().map(|(t, n)| (t.clone(), *n)));
+        let partitions = Arc::new(partitions);
+        let mut readers = HashMap::new();
+        for (i, sub) in self.topology.subtopologies.iter().enumerate() {
+            for topic in &sub.sources {
+                readers.insert(topic.resolve(&app), i as u32);
+            }
+        }
+        let mut tasks = BTreeMap::new();
+        for &id in &plan.tasks {
+            tasks.insert(id, Task::new(&self.topology, id, &self.config, partitions.clone(), self.wall_clock)?);
+        }
+        let state = DriverState {
+            plan,
+            partitions,
+            default_partitions: default,
+            readers,
+            tasks,
+            logs: HashMap::new(),
+            offsets: HashMap::new(),
+            queue: VecDeque::new(),
+            wall_clock: self.wall_clock,
+        };
+        Ok(TestDriver { state: Rc::new(RefCell::new(state)) })
+    }
+}
+
+/// Runs a topology in process, deterministically. See the [module docs](self).
+pub struct TestDriver {
+    state: Rc<RefCell<DriverState>>,
+}
+
+/// A record in a topic's log, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRecord {
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset in that partition.
+    pub offset: i64,
+    /// The record.
+    pub record: RawRecord,
+}
+
+pub(crate) struct DriverState {
+    plan: PartitionPlan,
+    partitions: Arc<BTreeMap<String, u32>>,
+    default_partitions: u32,
+    /// Topic (real name) → the sub-topology reading it.
+    readers: HashMap<String, u32>,
+    tasks: BTreeMap<TaskId, Task>,
+    /// Unread records of every topic written, in write order.
+    logs: HashMap<String, VecDeque<LoggedRecord>>,
+    /// Next offset of each (topic, partition).
+    offsets: HashMap<(String, u32), i64>,
+    /// Records waiting to be processed: (topic, partition, offset, record).
+    queue: VecDeque<(String, u32, i64, RawRecord)>,
+    wall_clock: i64,
+}
+
+impl TestDriver {
+    /// A driver with the default configuration; see [`TestDriver::builder`].
+    pub fn new(topology: Topology) -> Result<TestDriver> {
+        Self::builder(topology).build()
+    }
+
+    /// Configures a driver for `topology`.
+    pub fn builder(topology: Topology) -> TestDriverBuilder {
+        TestDriverBuilder {
+            topology,
+            config: StreamsConfig::new("test-app"),
+            default_partitions: 1,
+            partitions: BTreeMap::new(),
+            wall_clock: 0,
+        }
+    }
+
+    /// A handle to pipe records into `topic`.
+    pub fn input_topic<K: 'static, V: 'static>(&self, topic: &str, keys: impl Serde<K>, values: impl Serde<V>) -> TestInputTopic<K, V> {
+        TestInputTopic::new(self.state.clone(), topic, keys, values)
+    }
+
+    /// A handle to read the records written to `topic`.
+    pub fn output_topic<K: 'static, V: 'static>(&self, topic: &str, keys: impl Serde<K>, values: impl Serde<V>) -> TestOutputTopic<K, V> {
+        TestOutputTopic::new(self.state.clone(), topic, keys, values)
+    }
+
+    /// A typed view of store `name` across all tasks.
+    pub fn store<K: 'static, V: 'static>(&self, name: &str, keys: impl Serde<K>, values: impl Serde<V>) -> TestStore<K, V> {
+        TestStore::new(self.state.clone(), name, keys, values)
+    }
+
+    /// Advances the wall clock and runs the wall-clock punctuations due, then commits.
+    pub fn advance_wall_clock(&self, by: Duration) -> Result<()> {
+        let mut state = self.state.borrow_mut();
+        state.wall_clock = state.wall_clock.saturating_add(by.as_millis() as i64);
+        let now = state.wall_clock;
+        let ids: Vec<TaskId> = state.tasks.keys().copied().collect();
+        let result = ids.into_iter().try_for_each(|id| {
+            let task = state.tasks.get_mut(&id).expect("task exists");
+            task.advance_wall_clock(now)?;
+            let output = task.take_output();
+            output.into_iter().for_each(|o| state.route(o));
+            state.drain()
+        });
+        state.finish(result)
+    }
+
+    /// The current wall-clock time in milliseconds.
+    pub fn wall_clock(&self) -> i64 {
+        self.state.borrow().wall_clock
+    }
+
+    /// The topics and tasks of the topology as the driver laid them out.
+    pub fn plan(&self) -> PartitionPlan {
+        self.state.borrow().plan.clone()
+    }
+
+    /// The metrics summed over all tasks.
+    pub fn metrics(&self) -> TaskMetrics {
+        let mut total = TaskMetrics::default();
+        for task in self.state.borrow().tasks.values() {
+            total.add(task.metrics());
+        }
+        total
+    }
+
+    /// The metrics of each task.
+    pub fn task_metrics(&self) -> BTreeMap<TaskId, TaskMetrics> {
+        self.state.borrow().tasks.iter().map(|(id, t)| (*id, *t.metrics())).collect()
+    }
+
+    /// Takes the unread records of `topic` as bytes, in write order.
+    pub fn read_raw(&self, topic: &str) -> Vec<LoggedRecord> {
+        self.state.borrow_mut().logs.get_mut(topic).map(|log| log.drain(..).collect()).unwrap_or_default()
+    }
+}
+
+impl Drop for TestDriver {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.state.try_borrow_mut() {
+            for task in state.tasks.values_mut() {
+                task.close();
+            }
+        }
+    }
+}
+
+impl DriverState {
+    fn partition_count(&self, topic: &str) -> u32 {
+        self.partitions.get(topic).copied().unwrap_or(self.default_partitions)
+    }
+
+    /// Appends a record to its topic (choosing the partition as Kafka's
+    /// default partitioner would) and queues it when the topology reads it.
+    fn route(&mut self, output: OutputRecord) {
+        let count = self.partition_count(&output.topic);
+        let partition = match (output.partition, &output.record.key) {
+            (Some(p), _) => p % count,
+            (None, Some(key)) => partition_for_key(key, count),
+            (None, None) => 0,
+        };
+        let offset = self.offsets.entry((output.topic.clone(), partition)).or_insert(0);
+        let position = *offset;
+        *offset += 1;
+        if self.readers.contains_key(&output.topic) {
+            self.queue.push_back((output.topic, partition, position, output.record));
+        } else {
+            let record = LoggedRecord { partition, offset: position, record: output.record };
+            self.logs.entry(output.topic).or_default().push_back(record);
+        }
+    }
+
+    /// Processes queued records until none is left.
+    fn drain(&mut self) -> Result<()> {
+        while let Some((topic, partition, offset, record)) = self.queue.pop_front() {
+            let Some(&subtopology) = self.readers.get(&topic) else { continue };
+            let id = TaskId { subtopology, partition };
+            let Some(task) = self.tasks.get_mut(&id) else { continue };
+            task.process(RecordMetadata { topic, partition, offset }, record)?;
+            let output = task.take_output();
+            output.into_iter().for_each(|o| self.route(o));
+        }
+        Ok(())
+    }
+
+    /// Commits every task after a successful step; on failure, discards
+    /// what the tasks staged since their last commit.
+    fn finish(&mut self, result: Result<()>) -> Result<()> {
+        if result.is_err() {
+            self.queue.clear();
+            for task in self.tasks.values_mut() {
+                task.abort();
+            }
+            return result;
+        }
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            let task = self.tasks.get_mut(&id).expect("task exists");
+            task.prepare_commit();
+            let output = task.take_output();
+            task.commit()?;
+            output.into_iter().for_each(|o| self.route(o));
+        }
+        Ok(())
+    }
+
+    /// Pipes records into `topic`, processes everything that follows, commits.
+    pub(crate) fn pipe(&mut self, topic: &str, records: impl IntoIterator<Item = RawRecord>) -> Result<()> {
+        let mut result = Ok(());
+        for record in records {
+            self.route(OutputRecord { topic: topic.to_string(), partition: None, record });
+            result = self.drain();
+            if result.is_err() {
+                break;
+            }
+        }
+        self.finish(result)
+    }
+}
