@@ -1,5 +1,7 @@
 //! Records as processors see them, and as topics store them.
 
+use std::sync::Arc;
+
 /// Record headers: an ordered list of (name, bytes) pairs, as in Kafka.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers(Vec<(String, Vec<u8>)>);
@@ -95,7 +97,7 @@ pub struct RawRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordMetadata {
     /// Source topic.
-    pub topic: String,
+    pub topic: Arc<str>,
     /// Source partition.
     pub partition: u32,
     /// Offset in that partition.
@@ -106,7 +108,7 @@ pub struct RecordMetadata {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputRecord {
     /// Destination topic.
-    pub topic: String,
+    pub topic: Arc<str>,
     /// Destination partition; `None` lets the producer choose (murmur2 of the key).
     pub partition: Option<u32>,
     /// The record itself.

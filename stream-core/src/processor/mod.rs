@@ -167,7 +167,7 @@ impl<K: Data, V: Data> ProcessorContext<'_, K, V> {
 
     /// The typed store behind `handle`.
     pub fn store<'s, SK: 'static, SV: 'static>(&'s mut self, handle: &'s StoreHandle<SK, SV>) -> Store<'s, SK, SV> {
-        Store::new(self.core.stores[handle.index].as_mut(), &*handle.keys, &*handle.values)
+        Store::new(self.core.stores[handle.index].as_mut(), &*handle.keys, &*handle.values, &self.core.scratch)
     }
 
     /// Calls [`Processor::punctuate`] every `interval` of the given clock.

@@ -1,14 +1,16 @@
-//! The staging layer shared by every store: writes go to an ordered overlay
-//! that reads see first; commit applies it to the committed base, abort drops it.
+//! The staging layer shared by every store: writes go to an overlay that
+//! reads see first; commit applies it to the committed base, abort drops it.
+//! The overlay is a hash map (point reads and writes are the hot path); it is
+//! sorted only for range scans and commits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::iter::Peekable;
-use std::ops::Bound;
+use std::ops::{Bound, RangeBounds};
 
 use super::{is_empty_range, KeyValue, KeyValueStore, KvIter};
 use crate::error::StoreError;
 
-/// Staged changes: `None` is a deletion.
+/// Staged changes in key order, as committed: `None` is a deletion.
 pub(crate) type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// The committed part of a store (sealed: implemented only in this crate).
@@ -22,14 +24,14 @@ pub trait Committed: Send {
 pub struct Staged<C> {
     name: String,
     base: C,
-    staged: Changes,
+    staged: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Staged entries replaced since `begin_record`, oldest first (`None`: no entry).
     undo: Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>,
 }
 
 impl<C: Committed> Staged<C> {
     pub(crate) fn with_base(name: String, base: C) -> Self {
-        Staged { name, base, staged: Changes::new(), undo: Vec::new() }
+        Staged { name, base, staged: HashMap::new(), undo: Vec::new() }
     }
 
     fn stage(&mut self, key: &[u8], change: Option<Vec<u8>>) {
@@ -71,12 +73,16 @@ impl<C: Committed> KeyValueStore for Staged<C> {
             return Ok(Box::new(std::iter::empty()));
         }
         let base = self.base.range(&self.name, from, to)?;
-        let staged = self.staged.range::<[u8], _>((from, to));
-        Ok(Box::new(Merge { base: base.peekable(), staged: staged.peekable() }))
+        let mut staged: Vec<_> =
+            self.staged.iter().filter(|(k, _)| (from, to).contains(&k.as_slice())).collect();
+        staged.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        Ok(Box::new(Merge { base: base.peekable(), staged: staged.into_iter().peekable() }))
     }
 
     fn pending_changes(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        self.staged.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        let mut changes: Vec<_> = self.staged.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        changes
     }
 
     fn begin_record(&mut self) {
@@ -98,8 +104,11 @@ impl<C: Committed> KeyValueStore for Staged<C> {
 
     fn commit(&mut self) -> Result<(), StoreError> {
         if !self.staged.is_empty() {
-            self.base.apply(&self.name, &self.staged)?;
-            self.staged.clear();
+            let changes: Changes = self.staged.drain().collect();
+            if let Err(e) = self.base.apply(&self.name, &changes) {
+                self.staged.extend(changes);
+                return Err(e);
+            }
         }
         self.undo.clear();
         Ok(())

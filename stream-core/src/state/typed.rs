@@ -5,6 +5,7 @@ use std::ops::Bound;
 use super::{KeyValueStore, KvIter};
 use crate::error::StoreError;
 use crate::serdes::Serde;
+use crate::task::Scratch;
 
 /// A store seen through a key serde and a value serde.
 ///
@@ -15,11 +16,17 @@ pub struct Store<'a, K, V> {
     inner: &'a mut dyn KeyValueStore,
     keys: &'a dyn Serde<K>,
     values: &'a dyn Serde<V>,
+    scratch: &'a Scratch,
 }
 
 impl<'a, K: 'static, V: 'static> Store<'a, K, V> {
-    pub(crate) fn new(inner: &'a mut dyn KeyValueStore, keys: &'a dyn Serde<K>, values: &'a dyn Serde<V>) -> Self {
-        Store { inner, keys, values }
+    pub(crate) fn new(
+        inner: &'a mut dyn KeyValueStore,
+        keys: &'a dyn Serde<K>,
+        values: &'a dyn Serde<V>,
+        scratch: &'a Scratch,
+    ) -> Self {
+        Store { inner, keys, values, scratch }
     }
 
     fn serde_err(&self, source: crate::error::SerdeError) -> StoreError {
@@ -42,8 +49,14 @@ impl<'a, K: 'static, V: 'static> Store<'a, K, V> {
 
     /// The value of `key`.
     pub fn get(&self, key: &K) -> Result<Option<V>, StoreError> {
-        let key = self.key_bytes(key)?;
-        match self.inner.get(&key)? {
+        let mut k = self.scratch.key.take();
+        k.clear();
+        let found = match self.keys.encode_into(key, &mut k) {
+            Ok(()) => self.inner.get(&k),
+            Err(e) => Err(self.serde_err(e)),
+        };
+        self.scratch.key.set(k);
+        match found? {
             Some(bytes) => self.values.decode(&bytes).map(Some).map_err(|e| self.serde_err(e)),
             None => Ok(None),
         }
@@ -51,9 +64,16 @@ impl<'a, K: 'static, V: 'static> Store<'a, K, V> {
 
     /// Sets `key` to `value`.
     pub fn put(&mut self, key: &K, value: &V) -> Result<(), StoreError> {
-        let key = self.key_bytes(key)?;
-        let value = self.values.encode(value).map_err(|e| self.serde_err(e))?;
-        self.inner.put(&key, &value)
+        let (mut k, mut v) = (self.scratch.key.take(), self.scratch.value.take());
+        k.clear();
+        v.clear();
+        let result = match (self.keys.encode_into(key, &mut k), self.values.encode_into(value, &mut v)) {
+            (Ok(()), Ok(())) => self.inner.put(&k, &v),
+            (Err(e), _) | (_, Err(e)) => Err(self.serde_err(e)),
+        };
+        self.scratch.key.set(k);
+        self.scratch.value.set(v);
+        result
     }
 
     /// Removes `key`.

@@ -5,6 +5,7 @@
 pub(crate) mod node;
 
 use std::any::Any;
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,13 @@ struct Schedule {
     next: Option<i64>,
 }
 
+/// Buffers for encoding store keys and values without allocating each time.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub(crate) key: Cell<Vec<u8>>,
+    pub(crate) value: Cell<Vec<u8>>,
+}
+
 /// What processors reach through their context.
 pub(crate) struct TaskCore {
     /// Taken out (`None`) while the node runs, put back afterwards.
@@ -34,6 +42,8 @@ pub(crate) struct TaskCore {
     /// For each node, the indices of the stores connected to it.
     node_stores: Vec<Vec<usize>>,
     pub(crate) stores: Vec<Box<dyn KeyValueStore>>,
+    /// Encode buffers reused by typed store access.
+    pub(crate) scratch: Scratch,
     pub(crate) output: Vec<OutputRecord>,
     /// The record being processed, for source nodes and error reports.
     pub(crate) raw: Option<RawRecord>,
@@ -111,10 +121,10 @@ impl TaskCore {
 pub(crate) struct Task {
     id: TaskId,
     core: TaskCore,
-    /// Source topic (resolved name) → source node.
-    sources: HashMap<String, usize>,
+    /// Source topics (resolved names) and their source nodes; a task reads few topics.
+    sources: Vec<(Arc<str>, usize)>,
     /// Changelog topic of each store.
-    changelogs: Vec<String>,
+    changelogs: Vec<Arc<str>>,
     on_deserialization_error: ErrorPolicy,
     on_processing_error: ErrorPolicy,
 }
@@ -134,7 +144,7 @@ impl Task {
         let stores = config.state.open_task_stores(app, &id.to_string(), &sub.stores)?;
         let mut nodes = Vec::with_capacity(sub.nodes.len());
         let mut node_stores = Vec::with_capacity(sub.nodes.len());
-        let mut sources = HashMap::new();
+        let mut sources = Vec::new();
         for (l, &g) in sub.nodes.iter().enumerate() {
             let def = topology.node(g);
             let mut node = (def.factory)(app);
@@ -144,14 +154,15 @@ impl Task {
                 def.stores.iter().filter_map(|s| sub.stores.iter().position(|n| n == s)).collect(),
             );
             for topic in def.source_topics() {
-                sources.insert(topic.resolve(app), l);
+                sources.push((Arc::from(topic.resolve(app)), l));
             }
         }
-        let changelogs = sub.stores.iter().map(|s| crate::topology::changelog_topic(app, s)).collect();
+        let changelogs = sub.stores.iter().map(|s| Arc::from(crate::topology::changelog_topic(app, s))).collect();
         let core = TaskCore {
             nodes,
             node_stores,
             stores,
+            scratch: Scratch::default(),
             output: Vec::new(),
             raw: None,
             current: None,
@@ -181,7 +192,8 @@ impl Task {
     /// effect (its store writes and outputs are undone) and is handled by the
     /// error policy; only `ErrorPolicy::Fail` returns the error.
     pub(crate) fn process(&mut self, meta: RecordMetadata, raw: RawRecord) -> Result<()> {
-        let source = *self.sources.get(&meta.topic).ok_or_else(|| {
+        let source = self.sources.iter().find(|(t, _)| **t == *meta.topic).map(|(_, node)| *node);
+        let source = source.ok_or_else(|| {
             StreamError::processing(format!("task {} does not read topic `{}`", self.id, meta.topic))
         })?;
         self.core.metrics.records_in += 1;
@@ -237,7 +249,7 @@ impl Task {
         match policy {
             ErrorPolicy::Fail => Err(StreamError::Failed {
                 stage,
-                topic: meta.topic,
+                topic: meta.topic.to_string(),
                 partition: meta.partition,
                 offset: meta.offset,
                 source: Box::new(error),
@@ -253,13 +265,13 @@ impl Task {
                     offset = meta.offset, stage, %error, dead_letter_topic = %topic, "dead-lettering record");
                 let mut headers = raw.headers;
                 headers
-                    .add(dead_letter::TOPIC, meta.topic)
+                    .add(dead_letter::TOPIC, meta.topic.as_bytes())
                     .add(dead_letter::PARTITION, meta.partition.to_string())
                     .add(dead_letter::OFFSET, meta.offset.to_string())
                     .add(dead_letter::STAGE, stage)
                     .add(dead_letter::MESSAGE, error.to_string());
                 let record = RawRecord { key: raw.key, value: raw.value, timestamp: raw.timestamp, headers };
-                self.core.output.push(OutputRecord { topic: topic.clone(), partition: None, record });
+                self.core.output.push(OutputRecord { topic: Arc::from(topic.as_str()), partition: None, record });
                 self.core.metrics.dead_lettered += 1;
                 Ok(())
             }

@@ -76,10 +76,12 @@ impl TestDriverBuilder {
         }
         partitions.extend(plan.topics.iter().map(|(t, n)| (t.clone(), *n)));
         let partitions = Arc::new(partitions);
-        let mut readers = HashMap::new();
+        let mut topics = HashMap::new();
         for (i, sub) in self.topology.subtopologies.iter().enumerate() {
             for topic in &sub.sources {
-                readers.insert(topic.resolve(&app), i as u32);
+                let name: Arc<str> = Arc::from(topic.resolve(&app));
+                let count = partitions.get(&*name).copied().unwrap_or(default);
+                topics.insert(name, TopicState::new(count, Some(i as u32)));
             }
         }
         let mut tasks = BTreeMap::new();
@@ -90,10 +92,8 @@ impl TestDriverBuilder {
             plan,
             partitions,
             default_partitions: default,
-            readers,
+            topics,
             tasks,
-            logs: HashMap::new(),
-            offsets: HashMap::new(),
             queue: VecDeque::new(),
             wall_clock: self.wall_clock,
         };
@@ -121,15 +121,11 @@ pub(crate) struct DriverState {
     plan: PartitionPlan,
     partitions: Arc<BTreeMap<String, u32>>,
     default_partitions: u32,
-    /// Topic (real name) → the sub-topology reading it.
-    readers: HashMap<String, u32>,
+    /// Every topic written so far, by real name.
+    topics: HashMap<Arc<str>, TopicState>,
     tasks: BTreeMap<TaskId, Task>,
-    /// Unread records of every topic written, in write order.
-    logs: HashMap<String, VecDeque<LoggedRecord>>,
-    /// Next offset of each (topic, partition).
-    offsets: HashMap<(String, u32), i64>,
-    /// Records waiting to be processed: (topic, partition, offset, record).
-    queue: VecDeque<(String, u32, i64, RawRecord)>,
+    /// Records waiting to be processed by a task.
+    queue: VecDeque<(TaskId, RecordMetadata, RawRecord)>,
     wall_clock: i64,
 }
 
@@ -207,7 +203,7 @@ impl TestDriver {
 
     /// Takes the unread records of `topic` as bytes, in write order.
     pub fn read_raw(&self, topic: &str) -> Vec<LoggedRecord> {
-        self.state.borrow_mut().logs.get_mut(topic).map(|log| log.drain(..).collect()).unwrap_or_default()
+        self.state.borrow_mut().log_mut(topic).map(|log| log.drain(..).collect()).unwrap_or_default()
     }
 }
 
@@ -221,38 +217,57 @@ impl Drop for TestDriver {
     }
 }
 
-impl DriverState {
-    fn partition_count(&self, topic: &str) -> u32 {
-        self.partitions.get(topic).copied().unwrap_or(self.default_partitions)
-    }
+/// A topic of the driver.
+struct TopicState {
+    /// Next offset of each partition.
+    next_offsets: Vec<i64>,
+    /// The sub-topology reading it, if any.
+    reader: Option<u32>,
+    /// Unread records (of topics the topology does not read), in write order.
+    log: VecDeque<LoggedRecord>,
+}
 
+impl TopicState {
+    fn new(partitions: u32, reader: Option<u32>) -> Self {
+        TopicState { next_offsets: vec![0; partitions as usize], reader, log: VecDeque::new() }
+    }
+}
+
+impl DriverState {
     /// Appends a record to its topic (choosing the partition as Kafka's
     /// default partitioner would) and queues it when the topology reads it.
     fn route(&mut self, output: OutputRecord) {
-        let count = self.partition_count(&output.topic);
+        let (partitions, default) = (&self.partitions, self.default_partitions);
+        let topic = self.topics.entry(output.topic.clone()).or_insert_with(|| {
+            TopicState::new(partitions.get(&*output.topic).copied().unwrap_or(default), None)
+        });
+        let count = topic.next_offsets.len() as u32;
         let partition = match (output.partition, &output.record.key) {
             (Some(p), _) => p % count,
             (None, Some(key)) => partition_for_key(key, count),
             (None, None) => 0,
         };
-        let offset = self.offsets.entry((output.topic.clone(), partition)).or_insert(0);
-        let position = *offset;
-        *offset += 1;
-        if self.readers.contains_key(&output.topic) {
-            self.queue.push_back((output.topic, partition, position, output.record));
-        } else {
-            let record = LoggedRecord { partition, offset: position, record: output.record };
-            self.logs.entry(output.topic).or_default().push_back(record);
+        let offset = topic.next_offsets[partition as usize];
+        topic.next_offsets[partition as usize] += 1;
+        match topic.reader {
+            Some(subtopology) => {
+                let meta = RecordMetadata { topic: output.topic, partition, offset };
+                self.queue.push_back((TaskId { subtopology, partition }, meta, output.record));
+            }
+            None => topic.log.push_back(LoggedRecord { partition, offset, record: output.record }),
         }
+    }
+
+    /// Takes the unread records of `topic`.
+    fn log_mut(&mut self, topic: &str) -> Option<&mut VecDeque<LoggedRecord>> {
+        self.topics.get_mut(topic).map(|t| &mut t.log)
     }
 
     /// Processes queued records until none is left.
     fn drain(&mut self) -> Result<()> {
-        while let Some((topic, partition, offset, record)) = self.queue.pop_front() {
-            let Some(&subtopology) = self.readers.get(&topic) else { continue };
-            let id = TaskId { subtopology, partition };
+        while let Some((id, meta, record)) = self.queue.pop_front() {
             let Some(task) = self.tasks.get_mut(&id) else { continue };
-            task.process(RecordMetadata { topic, partition, offset }, record)?;
+            task.process(meta, record)?;
             let output = task.take_output();
             output.into_iter().for_each(|o| self.route(o));
         }
@@ -281,11 +296,14 @@ impl DriverState {
     }
 
     /// Pipes records into `topic`, processes everything that follows, commits.
-    pub(crate) fn pipe(&mut self, topic: &str, records: impl IntoIterator<Item = RawRecord>) -> Result<()> {
+    pub(crate) fn pipe(&mut self, topic: &str, records: impl IntoIterator<Item = Result<RawRecord>>) -> Result<()> {
+        let topic: Arc<str> = Arc::from(topic);
         let mut result = Ok(());
         for record in records {
-            self.route(OutputRecord { topic: topic.to_string(), partition: None, record });
-            result = self.drain();
+            result = record.map(|record| self.route(OutputRecord { topic: topic.clone(), partition: None, record }));
+            if result.is_ok() {
+                result = self.drain();
+            }
             if result.is_err() {
                 break;
             }

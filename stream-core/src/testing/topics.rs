@@ -9,6 +9,7 @@ use crate::error::{Result, SerdeError, StoreError};
 use crate::record::{Headers, RawRecord};
 use crate::serdes::{Serde, SerdeRef};
 use crate::state::Store;
+use crate::task::Scratch;
 
 /// A record as a test writes or reads it.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,13 +68,13 @@ impl<K: 'static, V: 'static> TestInputTopic<K, V> {
 
     /// Pipes a record with headers.
     pub fn pipe_record(&self, record: TestRecord<K, V>) -> Result<()> {
-        let raw = self.encode(&record)?;
+        let raw = self.encode(&record);
         self.state.borrow_mut().pipe(&self.topic, [raw])
     }
 
     /// Pipes many records and commits once at the end (as a commit interval would).
     pub fn pipe_batch(&self, records: impl IntoIterator<Item = TestRecord<K, V>>) -> Result<()> {
-        let raw = records.into_iter().map(|r| self.encode(&r)).collect::<Result<Vec<_>>>()?;
+        let raw = records.into_iter().map(|r| self.encode(&r));
         self.state.borrow_mut().pipe(&self.topic, raw)
     }
 
@@ -86,7 +87,7 @@ impl<K: 'static, V: 'static> TestInputTopic<K, V> {
             timestamp,
             headers: Headers::new(),
         };
-        self.state.borrow_mut().pipe(&self.topic, [raw])
+        self.state.borrow_mut().pipe(&self.topic, [Ok(raw)])
     }
 }
 
@@ -106,7 +107,7 @@ impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
 
     /// The next unread record, if any; a tombstone or undecodable record is an error.
     pub fn read_record(&self) -> Result<Option<TestRecord<K, V>>, SerdeError> {
-        let next = self.state.borrow_mut().logs.get_mut(&self.topic).and_then(|log| log.pop_front());
+        let next = self.state.borrow_mut().log_mut(&self.topic).and_then(|log| log.pop_front());
         let Some(logged) = next else { return Ok(None) };
         let raw = logged.record;
         let key = self.keys.decode(raw.key.as_deref().unwrap_or_default())?;
@@ -127,7 +128,7 @@ impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
 
     /// The number of unread records.
     pub fn len(&self) -> usize {
-        self.state.borrow().logs.get(&self.topic).map_or(0, |log| log.len())
+        self.state.borrow_mut().log_mut(&self.topic).map_or(0, |log| log.len())
     }
 
     /// True when every record has been read.
@@ -154,7 +155,7 @@ impl<K: 'static, V: 'static> TestStore<K, V> {
         let mut state = self.state.borrow_mut();
         for task in state.tasks.values_mut() {
             if let Some(store) = task.store_mut(&self.name) {
-                if let Some(value) = Store::new(store, &*self.keys, &*self.values).get(key)? {
+                if let Some(value) = Store::new(store, &*self.keys, &*self.values, &Scratch::default()).get(key)? {
                     return Ok(Some(value));
                 }
             }
@@ -168,7 +169,7 @@ impl<K: 'static, V: 'static> TestStore<K, V> {
         let mut entries = Vec::new();
         for task in state.tasks.values_mut() {
             if let Some(store) = task.store_mut(&self.name) {
-                entries.extend(Store::new(store, &*self.keys, &*self.values).all()?);
+                entries.extend(Store::new(store, &*self.keys, &*self.values, &Scratch::default()).all()?);
             }
         }
         Ok(entries)

@@ -12,7 +12,7 @@ use crate::topology::stream::{Partitioner, Produced};
 use crate::topology::{NodeFactory, NodeKind, Topic};
 
 struct SinkProcessor<K, V> {
-    topic: String,
+    topic: Arc<str>,
     keys: SerdeRef<K>,
     values: SerdeRef<V>,
     partitioner: Option<Partitioner<K, V>>,
@@ -32,7 +32,7 @@ impl<K: Data, V: Data> Processor for SinkProcessor<K, V> {
             Some(choose) => {
                 let count = ctx
                     .partitions_of(&self.topic)
-                    .ok_or_else(|| StreamError::Topology(TopologyError::UnknownTopic(self.topic.clone())))?;
+                    .ok_or_else(|| StreamError::Topology(TopologyError::UnknownTopic(self.topic.to_string())))?;
                 Some(choose(&record.key, &record.value, count) % count.max(1))
             }
         };
@@ -47,7 +47,7 @@ pub(crate) fn add_sink<K: Data, V: Data>(graph: &GraphRef, parent: usize, topic:
     let target = topic.clone();
     let factory: NodeFactory = Arc::new(move |app| {
         ProcessorNode::boxed(SinkProcessor {
-            topic: target.resolve(app),
+            topic: Arc::from(target.resolve(app)),
             keys: produced.keys.clone(),
             values: produced.values.clone(),
             partitioner: produced.partitioner.clone(),
