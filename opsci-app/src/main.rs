@@ -22,16 +22,25 @@ fn parse(line: &str) -> Result<Movement, String> {
     };
     Ok(Movement {
         id: id.parse().map_err(|e| format!("bad id {id:?}: {e}"))?,
-        amount: amount.parse().map_err(|e| format!("bad amount {amount:?}: {e}"))?,
+        amount: amount
+            .parse()
+            .map_err(|e| format!("bad amount {amount:?}: {e}"))?,
         direction,
     })
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let driver = TestDriver::builder(stock::stock_levels("stock", "stock-levels")?).partitions(3).build()?;
+    let driver = TestDriver::builder(stock::stock_levels("stock", "stock-levels")?)
+        .partitions(3)
+        .build()?;
     let input = driver.input_topic("stock", Utf8, Json::<Movement>::new());
     let mut skipped = 0;
-    for (n, line) in SAMPLE.lines().enumerate().skip(1).filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in SAMPLE
+        .lines()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         match parse(line) {
             Ok(movement) => input.pipe(movement.id.to_string(), movement)?,
             Err(reason) => {
@@ -46,7 +55,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for (id, stock) in table {
         println!("{id:>8}  {stock:>6}");
     }
-    println!("{} movements folded in process, {skipped} rows rejected", driver.metrics().records_in);
+    println!(
+        "{} movements folded in process, {skipped} rows rejected",
+        driver.metrics().records_in
+    );
     Ok(())
 }
 

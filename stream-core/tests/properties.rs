@@ -10,10 +10,16 @@ use proptest::prelude::*;
 use stream_core::serdes::{Bincode, Utf8, I64};
 use stream_core::state::{InMemoryStore, KeyValueStore, RocksDbInstance};
 use stream_core::testing::TestRecord;
-use stream_core::{partition_for_key, Consumed, Grouped, Materialized, StreamsBuilder, TestDriver, TimeWindows, WindowedSerde};
+use stream_core::{
+    partition_for_key, Consumed, Grouped, Materialized, StreamsBuilder, TestDriver, TimeWindows,
+    WindowedSerde,
+};
 
 fn records() -> impl Strategy<Value = Vec<(String, i64)>> {
-    prop::collection::vec(((0u8..24).prop_map(|k| format!("key-{k}")), -1_000i64..1_000), 0..200)
+    prop::collection::vec(
+        ((0u8..24).prop_map(|k| format!("key-{k}")), -1_000i64..1_000),
+        0..200,
+    )
 }
 
 /// Folds `records` through count / reduce (max) / aggregate (sum, and the
@@ -29,15 +35,24 @@ fn run_folds(records: &[(String, i64)], partitions: u32, rekey: bool) -> TestDri
     grouped.count("count");
     grouped.reduce("max", |a, b| a.max(b));
     grouped.aggregate(|| 0, |_, v, sum| sum + v, Materialized::new("sum", I64));
-    grouped.aggregate(Vec::new, |_, v, mut all: Vec<i64>| {
-        all.push(v);
-        all
-    }, Materialized::new("all", Bincode::new()));
-    let driver = TestDriver::builder(builder.build().unwrap()).partitions(partitions).build().unwrap();
+    grouped.aggregate(
+        Vec::new,
+        |_, v, mut all: Vec<i64>| {
+            all.push(v);
+            all
+        },
+        Materialized::new("all", Bincode::new()),
+    );
+    let driver = TestDriver::builder(builder.build().unwrap())
+        .partitions(partitions)
+        .build()
+        .unwrap();
     let input = driver.input_topic("in", Utf8, I64);
     for (i, (k, v)) in records.iter().enumerate() {
         if i % 7 == 0 {
-            input.pipe_batch([TestRecord::new(k.clone(), *v, i as i64)]).unwrap();
+            input
+                .pipe_batch([TestRecord::new(k.clone(), *v, i as i64)])
+                .unwrap();
         } else {
             input.pipe_at(k.clone(), *v, i as i64).unwrap();
         }
@@ -219,7 +234,13 @@ proptest! {
                 match op {
                     Op::Put(k, v) => store.put(k, v).unwrap(),
                     Op::Delete(k) => store.delete(k).unwrap(),
-                    Op::Get(k) => reads.push(store.get(k).unwrap().map(|v| (k.clone(), v)).into_iter().collect()),
+                    Op::Get(k) => {
+                        let mut borrowed = None;
+                        store.with_value(k, &mut |v| borrowed = v.map(<[u8]>::to_vec)).unwrap();
+                        let owned = store.get(k).unwrap();
+                        prop_assert_eq!(&borrowed, &owned, "with_value and get disagree");
+                        reads.push(owned.map(|v| (k.clone(), v)).into_iter().collect())
+                    }
                     Op::Range(a, b) => reads.push(store.range(to_bound(a), to_bound(b)).unwrap().map(Result::unwrap).collect()),
                     Op::Prefix(p) => reads.push(store.prefix_scan(p).unwrap().map(Result::unwrap).collect()),
                     Op::BeginRecord => store.begin_record(),

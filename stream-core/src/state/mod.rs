@@ -38,6 +38,13 @@ pub trait KeyValueStore: Send {
     /// The value of `key`, staged writes included.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Calls `f` with the value of `key` (staged writes included) without
+    /// copying it.
+    fn with_value(&self, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<(), StoreError> {
+        f(self.get(key)?.as_deref());
+        Ok(())
+    }
+
     /// Stages `key = value`.
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
 
@@ -104,7 +111,11 @@ impl StateBackend {
                 let instance = RocksDbInstance::open(dir.join(application).join(task), names)?;
                 names
                     .iter()
-                    .map(|n| instance.store(n).map(|s| Box::new(s) as Box<dyn KeyValueStore>))
+                    .map(|n| {
+                        instance
+                            .store(n)
+                            .map(|s| Box::new(s) as Box<dyn KeyValueStore>)
+                    })
                     .collect()
             }
         }
@@ -128,7 +139,9 @@ fn is_empty_range(from: Bound<&[u8]>, to: Bound<&[u8]>) -> bool {
     use Bound::*;
     match (from, to) {
         (Included(a), Included(b)) => a > b,
-        (Included(a), Excluded(b)) | (Excluded(a), Included(b)) | (Excluded(a), Excluded(b)) => a >= b,
+        (Included(a), Excluded(b)) | (Excluded(a), Included(b)) | (Excluded(a), Excluded(b)) => {
+            a >= b
+        }
         _ => false,
     }
 }

@@ -26,11 +26,19 @@ impl<'a, K: 'static, V: 'static> Store<'a, K, V> {
         values: &'a dyn Serde<V>,
         scratch: &'a Scratch,
     ) -> Self {
-        Store { inner, keys, values, scratch }
+        Store {
+            inner,
+            keys,
+            values,
+            scratch,
+        }
     }
 
     fn serde_err(&self, source: crate::error::SerdeError) -> StoreError {
-        StoreError::Serde { store: self.inner.name().to_string(), source }
+        StoreError::Serde {
+            store: self.inner.name().to_string(),
+            source,
+        }
     }
 
     fn key_bytes(&self, key: &K) -> Result<Vec<u8>, StoreError> {
@@ -51,15 +59,16 @@ impl<'a, K: 'static, V: 'static> Store<'a, K, V> {
     pub fn get(&self, key: &K) -> Result<Option<V>, StoreError> {
         let mut k = self.scratch.key.take();
         k.clear();
+        let mut decoded = Ok(None);
         let found = match self.keys.encode_into(key, &mut k) {
-            Ok(()) => self.inner.get(&k),
+            Ok(()) => self.inner.with_value(&k, &mut |bytes| {
+                decoded = bytes.map(|b| self.values.decode(b)).transpose();
+            }),
             Err(e) => Err(self.serde_err(e)),
         };
         self.scratch.key.set(k);
-        match found? {
-            Some(bytes) => self.values.decode(&bytes).map(Some).map_err(|e| self.serde_err(e)),
-            None => Ok(None),
-        }
+        found?;
+        decoded.map_err(|e| self.serde_err(e))
     }
 
     /// Sets `key` to `value`.
@@ -67,7 +76,10 @@ impl<'a, K: 'static, V: 'static> Store<'a, K, V> {
         let (mut k, mut v) = (self.scratch.key.take(), self.scratch.value.take());
         k.clear();
         v.clear();
-        let result = match (self.keys.encode_into(key, &mut k), self.values.encode_into(value, &mut v)) {
+        let result = match (
+            self.keys.encode_into(key, &mut k),
+            self.values.encode_into(value, &mut v),
+        ) {
             (Ok(()), Ok(())) => self.inner.put(&k, &v),
             (Err(e), _) | (_, Err(e)) => Err(self.serde_err(e)),
         };

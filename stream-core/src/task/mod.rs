@@ -61,15 +61,19 @@ pub(crate) struct TaskCore {
 impl TaskCore {
     /// Runs node `id` on `record` (an `Option<Record<K, V>>`).
     pub(crate) fn dispatch(&mut self, id: usize, record: &mut dyn Any) -> Result<()> {
-        let mut node = self.nodes[id]
-            .take()
-            .ok_or_else(|| StreamError::processing(format!("internal error: node {id} re-entered")))?;
+        let mut node = self.nodes[id].take().ok_or_else(|| {
+            StreamError::processing(format!("internal error: node {id} re-entered"))
+        })?;
         let result = node.process(self, id, record);
         self.nodes[id] = Some(node);
         result
     }
 
-    fn with_node(&mut self, id: usize, f: impl FnOnce(&mut dyn Node, &mut TaskCore) -> Result<()>) -> Result<()> {
+    fn with_node(
+        &mut self,
+        id: usize,
+        f: impl FnOnce(&mut dyn Node, &mut TaskCore) -> Result<()>,
+    ) -> Result<()> {
         let Some(mut node) = self.nodes[id].take() else {
             return Ok(());
         };
@@ -93,7 +97,12 @@ impl TaskCore {
             PunctuationType::StreamTime => Some(self.stream_time.saturating_add(interval)),
             PunctuationType::WallClock => Some(self.wall_clock.saturating_add(interval)),
         };
-        self.schedules.push(Schedule { node, interval, kind, next });
+        self.schedules.push(Schedule {
+            node,
+            interval,
+            kind,
+            next,
+        });
     }
 
     /// Runs the punctuations of `kind` that are due at `now`, once each.
@@ -103,7 +112,9 @@ impl TaskCore {
             if schedule.kind != kind {
                 continue;
             }
-            let next = *schedule.next.get_or_insert(now.saturating_add(schedule.interval));
+            let next = *schedule
+                .next
+                .get_or_insert(now.saturating_add(schedule.interval));
             if now < next {
                 continue;
             }
@@ -140,8 +151,11 @@ impl Task {
     ) -> Result<Task> {
         let app = config.application_id.as_str();
         let sub = topology.subtopology(id.subtopology)?;
-        let local: HashMap<usize, usize> = sub.nodes.iter().enumerate().map(|(l, &g)| (g, l)).collect();
-        let stores = config.state.open_task_stores(app, &id.to_string(), &sub.stores)?;
+        let local: HashMap<usize, usize> =
+            sub.nodes.iter().enumerate().map(|(l, &g)| (g, l)).collect();
+        let stores = config
+            .state
+            .open_task_stores(app, &id.to_string(), &sub.stores)?;
         let mut nodes = Vec::with_capacity(sub.nodes.len());
         let mut node_stores = Vec::with_capacity(sub.nodes.len());
         let mut sources = Vec::new();
@@ -151,13 +165,20 @@ impl Task {
             node.set_children(def.children.iter().map(|c| local[c]).collect());
             nodes.push(Some(node));
             node_stores.push(
-                def.stores.iter().filter_map(|s| sub.stores.iter().position(|n| n == s)).collect(),
+                def.stores
+                    .iter()
+                    .filter_map(|s| sub.stores.iter().position(|n| n == s))
+                    .collect(),
             );
             for topic in def.source_topics() {
                 sources.push((Arc::from(topic.resolve(app)), l));
             }
         }
-        let changelogs = sub.stores.iter().map(|s| Arc::from(crate::topology::changelog_topic(app, s))).collect();
+        let changelogs = sub
+            .stores
+            .iter()
+            .map(|s| Arc::from(crate::topology::changelog_topic(app, s)))
+            .collect();
         let core = TaskCore {
             nodes,
             node_stores,
@@ -192,9 +213,16 @@ impl Task {
     /// effect (its store writes and outputs are undone) and is handled by the
     /// error policy; only `ErrorPolicy::Fail` returns the error.
     pub(crate) fn process(&mut self, meta: RecordMetadata, raw: RawRecord) -> Result<()> {
-        let source = self.sources.iter().find(|(t, _)| **t == *meta.topic).map(|(_, node)| *node);
+        let source = self
+            .sources
+            .iter()
+            .find(|(t, _)| **t == *meta.topic)
+            .map(|(_, node)| *node);
         let source = source.ok_or_else(|| {
-            StreamError::processing(format!("task {} does not read topic `{}`", self.id, meta.topic))
+            StreamError::processing(format!(
+                "task {} does not read topic `{}`",
+                self.id, meta.topic
+            ))
         })?;
         self.core.metrics.records_in += 1;
         self.core.stream_time = self.core.stream_time.max(raw.timestamp);
@@ -241,7 +269,12 @@ impl Task {
         }
     }
 
-    fn handle_failure(&mut self, error: StreamError, raw: RawRecord, meta: RecordMetadata) -> Result<()> {
+    fn handle_failure(
+        &mut self,
+        error: StreamError,
+        raw: RawRecord,
+        meta: RecordMetadata,
+    ) -> Result<()> {
         let (stage, policy) = match error {
             StreamError::Deserialization(_) => ("deserialization", &self.on_deserialization_error),
             _ => ("processing", &self.on_processing_error),
@@ -270,17 +303,27 @@ impl Task {
                     .add(dead_letter::OFFSET, meta.offset.to_string())
                     .add(dead_letter::STAGE, stage)
                     .add(dead_letter::MESSAGE, error.to_string());
-                let record = RawRecord { key: raw.key, value: raw.value, timestamp: raw.timestamp, headers };
-                self.core.output.push(OutputRecord { topic: Arc::from(topic.as_str()), partition: None, record });
+                let record = RawRecord {
+                    key: raw.key,
+                    value: raw.value,
+                    timestamp: raw.timestamp,
+                    headers,
+                };
+                self.core.output.push(OutputRecord {
+                    topic: Arc::from(topic.as_str()),
+                    partition: None,
+                    record,
+                });
                 self.core.metrics.dead_lettered += 1;
                 Ok(())
             }
         }
     }
 
-    /// Takes the records produced since the last call.
-    pub(crate) fn take_output(&mut self) -> Vec<OutputRecord> {
-        std::mem::take(&mut self.core.output)
+    /// Swaps the records produced since the last call into `buffer` (which
+    /// should be empty; the task keeps it to fill next, so no allocation).
+    pub(crate) fn swap_output(&mut self, buffer: &mut Vec<OutputRecord>) {
+        std::mem::swap(&mut self.core.output, buffer);
     }
 
     /// Appends the stores' staged changes to the output, as changelog records
@@ -288,8 +331,17 @@ impl Task {
     pub(crate) fn prepare_commit(&mut self) {
         for (store, topic) in self.core.stores.iter().zip(&self.changelogs) {
             for (key, value) in store.pending_changes() {
-                let record = RawRecord { key: Some(key), value, timestamp: self.core.stream_time.max(0), headers: Default::default() };
-                self.core.output.push(OutputRecord { topic: topic.clone(), partition: Some(self.id.partition), record });
+                let record = RawRecord {
+                    key: Some(key),
+                    value,
+                    timestamp: self.core.stream_time.max(0),
+                    headers: Default::default(),
+                };
+                self.core.output.push(OutputRecord {
+                    topic: topic.clone(),
+                    partition: Some(self.id.partition),
+                    record,
+                });
             }
         }
     }
@@ -324,6 +376,10 @@ impl Task {
 
     /// The store `name` of this task, if it has one.
     pub(crate) fn store_mut(&mut self, name: &str) -> Option<&mut dyn KeyValueStore> {
-        self.core.stores.iter_mut().find(|s| s.name() == name).map(|s| &mut **s as &mut dyn KeyValueStore)
+        self.core
+            .stores
+            .iter_mut()
+            .find(|s| s.name() == name)
+            .map(|s| &mut **s as &mut dyn KeyValueStore)
     }
 }

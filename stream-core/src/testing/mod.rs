@@ -69,7 +69,9 @@ impl TestDriverBuilder {
         let app = self.config.application_id.clone();
         let default = self.default_partitions;
         let given = self.partitions;
-        let plan = self.topology.partition_plan(&app, |t| Some(given.get(t).copied().unwrap_or(default)))?;
+        let plan = self
+            .topology
+            .partition_plan(&app, |t| Some(given.get(t).copied().unwrap_or(default)))?;
         let mut partitions = given;
         for topic in self.topology.sink_topics() {
             partitions.entry(topic).or_insert(default);
@@ -86,7 +88,16 @@ impl TestDriverBuilder {
         }
         let mut tasks = BTreeMap::new();
         for &id in &plan.tasks {
-            tasks.insert(id, Task::new(&self.topology, id, &self.config, partitions.clone(), self.wall_clock)?);
+            tasks.insert(
+                id,
+                Task::new(
+                    &self.topology,
+                    id,
+                    &self.config,
+                    partitions.clone(),
+                    self.wall_clock,
+                )?,
+            );
         }
         let state = DriverState {
             plan,
@@ -95,9 +106,12 @@ impl TestDriverBuilder {
             topics,
             tasks,
             queue: VecDeque::new(),
+            spare: Vec::new(),
             wall_clock: self.wall_clock,
         };
-        Ok(TestDriver { state: Rc::new(RefCell::new(state)) })
+        Ok(TestDriver {
+            state: Rc::new(RefCell::new(state)),
+        })
     }
 }
 
@@ -126,6 +140,8 @@ pub(crate) struct DriverState {
     tasks: BTreeMap<TaskId, Task>,
     /// Records waiting to be processed by a task.
     queue: VecDeque<(TaskId, RecordMetadata, RawRecord)>,
+    /// An empty buffer swapped with tasks' output, to reuse allocations.
+    spare: Vec<OutputRecord>,
     wall_clock: i64,
 }
 
@@ -147,17 +163,32 @@ impl TestDriver {
     }
 
     /// A handle to pipe records into `topic`.
-    pub fn input_topic<K: 'static, V: 'static>(&self, topic: &str, keys: impl Serde<K>, values: impl Serde<V>) -> TestInputTopic<K, V> {
+    pub fn input_topic<K: 'static, V: 'static>(
+        &self,
+        topic: &str,
+        keys: impl Serde<K>,
+        values: impl Serde<V>,
+    ) -> TestInputTopic<K, V> {
         TestInputTopic::new(self.state.clone(), topic, keys, values)
     }
 
     /// A handle to read the records written to `topic`.
-    pub fn output_topic<K: 'static, V: 'static>(&self, topic: &str, keys: impl Serde<K>, values: impl Serde<V>) -> TestOutputTopic<K, V> {
+    pub fn output_topic<K: 'static, V: 'static>(
+        &self,
+        topic: &str,
+        keys: impl Serde<K>,
+        values: impl Serde<V>,
+    ) -> TestOutputTopic<K, V> {
         TestOutputTopic::new(self.state.clone(), topic, keys, values)
     }
 
     /// A typed view of store `name` across all tasks.
-    pub fn store<K: 'static, V: 'static>(&self, name: &str, keys: impl Serde<K>, values: impl Serde<V>) -> TestStore<K, V> {
+    pub fn store<K: 'static, V: 'static>(
+        &self,
+        name: &str,
+        keys: impl Serde<K>,
+        values: impl Serde<V>,
+    ) -> TestStore<K, V> {
         TestStore::new(self.state.clone(), name, keys, values)
     }
 
@@ -166,12 +197,12 @@ impl TestDriver {
         let mut state = self.state.borrow_mut();
         state.wall_clock = state.wall_clock.saturating_add(by.as_millis() as i64);
         let now = state.wall_clock;
-        let ids: Vec<TaskId> = state.tasks.keys().copied().collect();
-        let result = ids.into_iter().try_for_each(|id| {
-            let task = state.tasks.get_mut(&id).expect("task exists");
-            task.advance_wall_clock(now)?;
-            let output = task.take_output();
-            output.into_iter().for_each(|o| state.route(o));
+        let result = (0..state.plan.tasks.len()).try_for_each(|i| {
+            let id = state.plan.tasks[i];
+            if let Some(task) = state.tasks.get_mut(&id) {
+                task.advance_wall_clock(now)?;
+            }
+            state.route_output(id);
             state.drain()
         });
         state.finish(result)
@@ -198,12 +229,21 @@ impl TestDriver {
 
     /// The metrics of each task.
     pub fn task_metrics(&self) -> BTreeMap<TaskId, TaskMetrics> {
-        self.state.borrow().tasks.iter().map(|(id, t)| (*id, *t.metrics())).collect()
+        self.state
+            .borrow()
+            .tasks
+            .iter()
+            .map(|(id, t)| (*id, *t.metrics()))
+            .collect()
     }
 
     /// Takes the unread records of `topic` as bytes, in write order.
     pub fn read_raw(&self, topic: &str) -> Vec<LoggedRecord> {
-        self.state.borrow_mut().log_mut(topic).map(|log| log.drain(..).collect()).unwrap_or_default()
+        self.state
+            .borrow_mut()
+            .log_mut(topic)
+            .map(|log| log.drain(..).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -229,7 +269,11 @@ struct TopicState {
 
 impl TopicState {
     fn new(partitions: u32, reader: Option<u32>) -> Self {
-        TopicState { next_offsets: vec![0; partitions as usize], reader, log: VecDeque::new() }
+        TopicState {
+            next_offsets: vec![0; partitions as usize],
+            reader,
+            log: VecDeque::new(),
+        }
     }
 }
 
@@ -239,7 +283,10 @@ impl DriverState {
     fn route(&mut self, output: OutputRecord) {
         let (partitions, default) = (&self.partitions, self.default_partitions);
         let topic = self.topics.entry(output.topic.clone()).or_insert_with(|| {
-            TopicState::new(partitions.get(&*output.topic).copied().unwrap_or(default), None)
+            TopicState::new(
+                partitions.get(&*output.topic).copied().unwrap_or(default),
+                None,
+            )
         });
         let count = topic.next_offsets.len() as u32;
         let partition = match (output.partition, &output.record.key) {
@@ -251,10 +298,25 @@ impl DriverState {
         topic.next_offsets[partition as usize] += 1;
         match topic.reader {
             Some(subtopology) => {
-                let meta = RecordMetadata { topic: output.topic, partition, offset };
-                self.queue.push_back((TaskId { subtopology, partition }, meta, output.record));
+                let meta = RecordMetadata {
+                    topic: output.topic,
+                    partition,
+                    offset,
+                };
+                self.queue.push_back((
+                    TaskId {
+                        subtopology,
+                        partition,
+                    },
+                    meta,
+                    output.record,
+                ));
             }
-            None => topic.log.push_back(LoggedRecord { partition, offset, record: output.record }),
+            None => topic.log.push_back(LoggedRecord {
+                partition,
+                offset,
+                record: output.record,
+            }),
         }
     }
 
@@ -266,12 +328,25 @@ impl DriverState {
     /// Processes queued records until none is left.
     fn drain(&mut self) -> Result<()> {
         while let Some((id, meta, record)) = self.queue.pop_front() {
-            let Some(task) = self.tasks.get_mut(&id) else { continue };
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
             task.process(meta, record)?;
-            let output = task.take_output();
-            output.into_iter().for_each(|o| self.route(o));
+            self.route_output(id);
         }
         Ok(())
+    }
+
+    /// Routes what task `id` produced since the last call.
+    fn route_output(&mut self, id: TaskId) {
+        let mut output = std::mem::take(&mut self.spare);
+        if let Some(task) = self.tasks.get_mut(&id) {
+            task.swap_output(&mut output);
+        }
+        for record in output.drain(..) {
+            self.route(record);
+        }
+        self.spare = output;
     }
 
     /// Commits every task after a successful step; on failure, discards
@@ -284,23 +359,33 @@ impl DriverState {
             }
             return result;
         }
-        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
-        for id in ids {
-            let task = self.tasks.get_mut(&id).expect("task exists");
-            task.prepare_commit();
-            let output = task.take_output();
-            task.commit()?;
-            output.into_iter().for_each(|o| self.route(o));
+        for i in 0..self.plan.tasks.len() {
+            let id = self.plan.tasks[i];
+            if let Some(task) = self.tasks.get_mut(&id) {
+                task.prepare_commit();
+                task.commit()?;
+            }
+            self.route_output(id);
         }
         Ok(())
     }
 
     /// Pipes records into `topic`, processes everything that follows, commits.
-    pub(crate) fn pipe(&mut self, topic: &str, records: impl IntoIterator<Item = Result<RawRecord>>) -> Result<()> {
+    pub(crate) fn pipe(
+        &mut self,
+        topic: &str,
+        records: impl IntoIterator<Item = Result<RawRecord>>,
+    ) -> Result<()> {
         let topic: Arc<str> = Arc::from(topic);
         let mut result = Ok(());
         for record in records {
-            result = record.map(|record| self.route(OutputRecord { topic: topic.clone(), partition: None, record }));
+            result = record.map(|record| {
+                self.route(OutputRecord {
+                    topic: topic.clone(),
+                    partition: None,
+                    record,
+                })
+            });
             if result.is_ok() {
                 result = self.drain();
             }

@@ -29,7 +29,13 @@ pub struct TestRecord<K, V> {
 impl<K, V> TestRecord<K, V> {
     /// A record without headers.
     pub fn new(key: K, value: V, timestamp: i64) -> Self {
-        TestRecord { key, value, timestamp, headers: Headers::new(), partition: 0 }
+        TestRecord {
+            key,
+            value,
+            timestamp,
+            headers: Headers::new(),
+            partition: 0,
+        }
     }
 }
 
@@ -42,8 +48,18 @@ pub struct TestInputTopic<K, V> {
 }
 
 impl<K: 'static, V: 'static> TestInputTopic<K, V> {
-    pub(super) fn new(state: Rc<RefCell<DriverState>>, topic: &str, keys: impl Serde<K>, values: impl Serde<V>) -> Self {
-        TestInputTopic { state, topic: topic.to_string(), keys: Arc::new(keys), values: Arc::new(values) }
+    pub(super) fn new(
+        state: Rc<RefCell<DriverState>>,
+        topic: &str,
+        keys: impl Serde<K>,
+        values: impl Serde<V>,
+    ) -> Self {
+        TestInputTopic {
+            state,
+            topic: topic.to_string(),
+            keys: Arc::new(keys),
+            values: Arc::new(values),
+        }
     }
 
     fn encode(&self, record: &TestRecord<K, V>) -> Result<RawRecord> {
@@ -101,19 +117,41 @@ pub struct TestOutputTopic<K, V> {
 }
 
 impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
-    pub(super) fn new(state: Rc<RefCell<DriverState>>, topic: &str, keys: impl Serde<K>, values: impl Serde<V>) -> Self {
-        TestOutputTopic { state, topic: topic.to_string(), keys: Arc::new(keys), values: Arc::new(values) }
+    pub(super) fn new(
+        state: Rc<RefCell<DriverState>>,
+        topic: &str,
+        keys: impl Serde<K>,
+        values: impl Serde<V>,
+    ) -> Self {
+        TestOutputTopic {
+            state,
+            topic: topic.to_string(),
+            keys: Arc::new(keys),
+            values: Arc::new(values),
+        }
     }
 
     /// The next unread record, if any; a tombstone or undecodable record is an error.
     pub fn read_record(&self) -> Result<Option<TestRecord<K, V>>, SerdeError> {
-        let next = self.state.borrow_mut().log_mut(&self.topic).and_then(|log| log.pop_front());
+        let next = self
+            .state
+            .borrow_mut()
+            .log_mut(&self.topic)
+            .and_then(|log| log.pop_front());
         let Some(logged) = next else { return Ok(None) };
         let raw = logged.record;
         let key = self.keys.decode(raw.key.as_deref().unwrap_or_default())?;
-        let value = raw.value.ok_or_else(|| SerdeError::decode("value", "tombstone"))?;
+        let value = raw
+            .value
+            .ok_or_else(|| SerdeError::decode("value", "tombstone"))?;
         let value = self.values.decode(&value)?;
-        Ok(Some(TestRecord { key, value, timestamp: raw.timestamp, headers: raw.headers, partition: logged.partition }))
+        Ok(Some(TestRecord {
+            key,
+            value,
+            timestamp: raw.timestamp,
+            headers: raw.headers,
+            partition: logged.partition,
+        }))
     }
 
     /// All unread records.
@@ -123,12 +161,19 @@ impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
 
     /// All unread records as (key, value) pairs.
     pub fn read_key_values(&self) -> Result<Vec<(K, V)>, SerdeError> {
-        Ok(self.read_records()?.into_iter().map(|r| (r.key, r.value)).collect())
+        Ok(self
+            .read_records()?
+            .into_iter()
+            .map(|r| (r.key, r.value))
+            .collect())
     }
 
     /// The number of unread records.
     pub fn len(&self) -> usize {
-        self.state.borrow_mut().log_mut(&self.topic).map_or(0, |log| log.len())
+        self.state
+            .borrow_mut()
+            .log_mut(&self.topic)
+            .map_or(0, |log| log.len())
     }
 
     /// True when every record has been read.
@@ -146,8 +191,18 @@ pub struct TestStore<K, V> {
 }
 
 impl<K: 'static, V: 'static> TestStore<K, V> {
-    pub(super) fn new(state: Rc<RefCell<DriverState>>, name: &str, keys: impl Serde<K>, values: impl Serde<V>) -> Self {
-        TestStore { state, name: name.to_string(), keys: Arc::new(keys), values: Arc::new(values) }
+    pub(super) fn new(
+        state: Rc<RefCell<DriverState>>,
+        name: &str,
+        keys: impl Serde<K>,
+        values: impl Serde<V>,
+    ) -> Self {
+        TestStore {
+            state,
+            name: name.to_string(),
+            keys: Arc::new(keys),
+            values: Arc::new(values),
+        }
     }
 
     /// The value of `key` in whichever task holds it.
@@ -155,7 +210,9 @@ impl<K: 'static, V: 'static> TestStore<K, V> {
         let mut state = self.state.borrow_mut();
         for task in state.tasks.values_mut() {
             if let Some(store) = task.store_mut(&self.name) {
-                if let Some(value) = Store::new(store, &*self.keys, &*self.values, &Scratch::default()).get(key)? {
+                if let Some(value) =
+                    Store::new(store, &*self.keys, &*self.values, &Scratch::default()).get(key)?
+                {
                     return Ok(Some(value));
                 }
             }
@@ -169,7 +226,9 @@ impl<K: 'static, V: 'static> TestStore<K, V> {
         let mut entries = Vec::new();
         for task in state.tasks.values_mut() {
             if let Some(store) = task.store_mut(&self.name) {
-                entries.extend(Store::new(store, &*self.keys, &*self.values, &Scratch::default()).all()?);
+                entries.extend(
+                    Store::new(store, &*self.keys, &*self.values, &Scratch::default()).all()?,
+                );
             }
         }
         Ok(entries)

@@ -40,11 +40,17 @@ pub(crate) struct Topic {
 
 impl Topic {
     pub(crate) fn external(name: impl Into<String>) -> Self {
-        Topic { name: name.into(), internal: false }
+        Topic {
+            name: name.into(),
+            internal: false,
+        }
     }
 
     pub(crate) fn internal(name: impl Into<String>) -> Self {
-        Topic { name: name.into(), internal: true }
+        Topic {
+            name: name.into(),
+            internal: true,
+        }
     }
 
     /// The topic's real name for application `app`.
@@ -149,25 +155,40 @@ impl Topology {
 
     /// The user topics the topology reads (repartition topics excluded).
     pub fn source_topics(&self) -> BTreeSet<String> {
-        self.topics(|s| &s.sources).filter(|t| !t.internal).map(|t| t.name.clone()).collect()
+        self.topics(|s| &s.sources)
+            .filter(|t| !t.internal)
+            .map(|t| t.name.clone())
+            .collect()
     }
 
     /// The user topics the topology writes to (repartition topics excluded).
     pub fn sink_topics(&self) -> BTreeSet<String> {
-        self.topics(|s| &s.sinks).filter(|t| !t.internal).map(|t| t.name.clone()).collect()
+        self.topics(|s| &s.sinks)
+            .filter(|t| !t.internal)
+            .map(|t| t.name.clone())
+            .collect()
     }
 
     /// The repartition topics of application `app`, by real name.
     pub fn repartition_topics(&self, app: &str) -> BTreeSet<String> {
-        self.topics(|s| &s.sources).filter(|t| t.internal).map(|t| t.resolve(app)).collect()
+        self.topics(|s| &s.sources)
+            .filter(|t| t.internal)
+            .map(|t| t.resolve(app))
+            .collect()
     }
 
     /// The names of all state stores.
     pub fn store_names(&self) -> Vec<String> {
-        self.subtopologies.iter().flat_map(|s| s.stores.iter().cloned()).collect()
+        self.subtopologies
+            .iter()
+            .flat_map(|s| s.stores.iter().cloned())
+            .collect()
     }
 
-    fn topics<'a>(&'a self, f: impl Fn(&'a SubTopology) -> &'a Vec<Topic> + 'a) -> impl Iterator<Item = &'a Topic> + 'a {
+    fn topics<'a>(
+        &'a self,
+        f: impl Fn(&'a SubTopology) -> &'a Vec<Topic> + 'a,
+    ) -> impl Iterator<Item = &'a Topic> + 'a {
         self.subtopologies.iter().flat_map(move |s| f(s).iter())
     }
 
@@ -183,15 +204,27 @@ impl Topology {
     ) -> Result<PartitionPlan, TopologyError> {
         let mut counts: BTreeMap<Topic, u32> = BTreeMap::new();
         for topic in self.topics(|s| &s.sources).filter(|t| !t.internal) {
-            let n = partitions_of(&topic.name).ok_or_else(|| TopologyError::UnknownTopic(topic.name.clone()))?;
+            let n = partitions_of(&topic.name)
+                .ok_or_else(|| TopologyError::UnknownTopic(topic.name.clone()))?;
             counts.insert(topic.clone(), n);
         }
         // Internal topics: fixed point over the sub-topologies.
         for _ in 0..=self.subtopologies.len() {
             let mut changed = false;
             for sub in self.subtopologies.iter() {
-                let external = sub.sources.iter().filter(|t| !t.internal).filter_map(|t| counts.get(t)).max().copied();
-                let input = sub.sources.iter().filter_map(|t| counts.get(t)).max().copied();
+                let external = sub
+                    .sources
+                    .iter()
+                    .filter(|t| !t.internal)
+                    .filter_map(|t| counts.get(t))
+                    .max()
+                    .copied();
+                let input = sub
+                    .sources
+                    .iter()
+                    .filter_map(|t| counts.get(t))
+                    .max()
+                    .copied();
                 for topic in sub.sources.iter().filter(|t| t.internal) {
                     if let Some(n) = external {
                         changed |= counts.insert(topic.clone(), n) != Some(n);
@@ -213,11 +246,16 @@ impl Topology {
                 break;
             }
         }
-        let mut plan = PartitionPlan { topics: BTreeMap::new(), tasks: Vec::new() };
+        let mut plan = PartitionPlan {
+            topics: BTreeMap::new(),
+            tasks: Vec::new(),
+        };
         for (i, sub) in self.subtopologies.iter().enumerate() {
             let mut sub_counts = Vec::new();
             for topic in &sub.sources {
-                let n = *counts.get(topic).ok_or_else(|| TopologyError::UnknownTopic(topic.resolve(app)))?;
+                let n = *counts
+                    .get(topic)
+                    .ok_or_else(|| TopologyError::UnknownTopic(topic.resolve(app)))?;
                 sub_counts.push(n);
                 plan.topics.insert(topic.resolve(app), n);
             }
@@ -231,7 +269,10 @@ impl Topology {
             for store in &sub.stores {
                 plan.topics.insert(changelog_topic(app, store), n);
             }
-            plan.tasks.extend((0..n).map(|p| TaskId { subtopology: i as u32, partition: p }));
+            plan.tasks.extend((0..n).map(|p| TaskId {
+                subtopology: i as u32,
+                partition: p,
+            }));
         }
         Ok(plan)
     }

@@ -23,7 +23,10 @@ pub struct Materialized<V> {
 impl<V> Materialized<V> {
     /// Store `name`, values encoded with `values`.
     pub fn new(name: impl Into<String>, values: impl Serde<V>) -> Self {
-        Materialized { name: name.into(), values: Arc::new(values) }
+        Materialized {
+            name: name.into(),
+            values: Arc::new(values),
+        }
     }
 }
 
@@ -53,21 +56,49 @@ impl<K, V> Clone for KTable<K, V> {
 }
 
 impl<K: Data, V: Data> KTable<K, V> {
-    pub(crate) fn from_topic(graph: GraphRef, topic: Topic, consumed: Consumed<K, V>, store: &str) -> Self {
+    pub(crate) fn from_topic(
+        graph: GraphRef,
+        topic: Topic,
+        consumed: Consumed<K, V>,
+        store: &str,
+    ) -> Self {
         graph.borrow_mut().add_store(store);
         let values = consumed.values.clone();
-        let decoder: ValueDecoder<Option<V>> = Arc::new(move |bytes| bytes.map(|b| values.decode(b)).transpose());
+        let decoder: ValueDecoder<Option<V>> =
+            Arc::new(move |bytes| bytes.map(|b| values.decode(b)).transpose());
         let source = source::add_source(&graph, vec![topic], consumed.keys.clone(), decoder);
-        let (name, keys, values) = (store.to_string(), consumed.keys.clone(), consumed.values.clone());
+        let (name, keys, values) = (
+            store.to_string(),
+            consumed.keys.clone(),
+            consumed.values.clone(),
+        );
         let factory: NodeFactory = Arc::new(move |_| {
-            ProcessorNode::boxed(TableSourceProcessor { store: name.clone(), keys: keys.clone(), values: values.clone(), handle: None })
+            ProcessorNode::boxed(TableSourceProcessor {
+                store: name.clone(),
+                keys: keys.clone(),
+                values: values.clone(),
+                handle: None,
+            })
         });
         let node = {
             let mut g = graph.borrow_mut();
             let name = g.name("KTABLE-SOURCE");
-            g.add(name, NodeKind::Processor, &[source], vec![store.to_string()], factory)
+            g.add(
+                name,
+                NodeKind::Processor,
+                &[source],
+                vec![store.to_string()],
+                factory,
+            )
         };
-        KTable { graph, node, store: store.to_string(), keys: consumed.keys, values: consumed.values, _types: PhantomData }
+        KTable {
+            graph,
+            node,
+            store: store.to_string(),
+            keys: consumed.keys,
+            values: consumed.values,
+            _types: PhantomData,
+        }
     }
 
     /// A table maintained by a processor below `stream` that owns store `store`.
@@ -84,9 +115,22 @@ impl<K: Data, V: Data> KTable<K, V> {
             let mut g = graph.borrow_mut();
             g.add_store(&store);
             let name = g.name(prefix);
-            g.add(name, NodeKind::Processor, &[stream.node], vec![store.clone()], factory)
+            g.add(
+                name,
+                NodeKind::Processor,
+                &[stream.node],
+                vec![store.clone()],
+                factory,
+            )
         };
-        KTable { graph, node, store, keys, values, _types: PhantomData }
+        KTable {
+            graph,
+            node,
+            store,
+            keys,
+            values,
+            _types: PhantomData,
+        }
     }
 
     /// The name of the table's store.
@@ -101,7 +145,8 @@ impl<K: Data, V: Data> KTable<K, V> {
 
     /// The stream of the table's new values (deletions are left out).
     pub fn to_stream(&self) -> KStream<K, V> {
-        self.changes().flat_map_values(|change: Change<V>| change.new)
+        self.changes()
+            .flat_map_values(|change: Change<V>| change.new)
     }
 }
 
@@ -114,7 +159,11 @@ pub struct KGroupedStream<K, V> {
 
 impl<K: Data, V: Data> KGroupedStream<K, V> {
     pub(crate) fn new(stream: KStream<K, V>, keys: SerdeRef<K>, values: SerdeRef<V>) -> Self {
-        KGroupedStream { stream, keys, values }
+        KGroupedStream {
+            stream,
+            keys,
+            values,
+        }
     }
 
     /// Counts records per key, in store `name`.
@@ -123,12 +172,22 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
     }
 
     /// Combines the values of each key with `reduce` (the first value is kept as is).
-    pub fn reduce(&self, name: &str, reduce: impl Fn(V, V) -> V + Send + Sync + 'static) -> KTable<K, V> {
+    pub fn reduce(
+        &self,
+        name: &str,
+        reduce: impl Fn(V, V) -> V + Send + Sync + 'static,
+    ) -> KTable<K, V> {
         let update: Update<K, V, V> = Arc::new(move |_, v, old| match old {
             Some(acc) => reduce(acc, v),
             None => v,
         });
-        self.fold(update, Materialized { name: name.to_string(), values: self.values.clone() })
+        self.fold(
+            update,
+            Materialized {
+                name: name.to_string(),
+                values: self.values.clone(),
+            },
+        )
     }
 
     /// Folds the values of each key into an aggregate starting from `init()`.
@@ -138,11 +197,22 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
         add: impl Fn(&K, V, A) -> A + Send + Sync + 'static,
         materialized: Materialized<A>,
     ) -> KTable<K, A> {
-        self.fold(Arc::new(move |k, v, old| add(k, v, old.unwrap_or_else(&init))), materialized)
+        self.fold(
+            Arc::new(move |k, v, old| add(k, v, old.unwrap_or_else(&init))),
+            materialized,
+        )
     }
 
-    fn fold<A: Data>(&self, update: Update<K, V, A>, materialized: Materialized<A>) -> KTable<K, A> {
-        let (store, keys, values) = (materialized.name.clone(), self.keys.clone(), materialized.values.clone());
+    fn fold<A: Data>(
+        &self,
+        update: Update<K, V, A>,
+        materialized: Materialized<A>,
+    ) -> KTable<K, A> {
+        let (store, keys, values) = (
+            materialized.name.clone(),
+            self.keys.clone(),
+            materialized.values.clone(),
+        );
         let factory: NodeFactory = Arc::new(move |_| {
             ProcessorNode::boxed(AggregateProcessor {
                 store: store.clone(),
@@ -152,11 +222,23 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
                 handle: None,
             })
         });
-        KTable::from_processor(&self.stream, "KSTREAM-AGGREGATE", factory, materialized.name, self.keys.clone(), materialized.values)
+        KTable::from_processor(
+            &self.stream,
+            "KSTREAM-AGGREGATE",
+            factory,
+            materialized.name,
+            self.keys.clone(),
+            materialized.values,
+        )
     }
 
     /// Cuts the groups into time windows.
     pub fn windowed_by(&self, windows: TimeWindows) -> TimeWindowedKStream<K, V> {
-        TimeWindowedKStream { stream: self.stream.clone(), keys: self.keys.clone(), values: self.values.clone(), windows }
+        TimeWindowedKStream {
+            stream: self.stream.clone(),
+            keys: self.keys.clone(),
+            values: self.values.clone(),
+            windows,
+        }
     }
 }

@@ -33,8 +33,14 @@ impl<K: Data, V: Data, VT: Data, VR: Data> Processor for JoinProcessor<K, V, VT,
         Ok(())
     }
 
-    fn process(&mut self, ctx: &mut ProcessorContext<'_, K, VR>, record: Record<K, V>) -> Result<()> {
-        let Some(table) = &self.table else { return Ok(()) };
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, K, VR>,
+        record: Record<K, V>,
+    ) -> Result<()> {
+        let Some(table) = &self.table else {
+            return Ok(());
+        };
         let current = ctx.store(table).get(&record.key)?;
         match (self.joiner)(&record.value, current.as_ref()) {
             Some(joined) => ctx.forward(record.with_value(joined)),
@@ -43,8 +49,15 @@ impl<K: Data, V: Data, VT: Data, VR: Data> Processor for JoinProcessor<K, V, VT,
     }
 }
 
-pub(crate) fn factory<K: Data, V: Data, VT: Data, VR: Data>(table: &KTable<K, VT>, joiner: Joiner<V, VT, VR>) -> NodeFactory {
-    let (store, keys, values) = (table.store.clone(), table.keys.clone(), table.values.clone());
+pub(crate) fn factory<K: Data, V: Data, VT: Data, VR: Data>(
+    table: &KTable<K, VT>,
+    joiner: Joiner<V, VT, VR>,
+) -> NodeFactory {
+    let (store, keys, values) = (
+        table.store.clone(),
+        table.keys.clone(),
+        table.values.clone(),
+    );
     Arc::new(move |_| {
         ProcessorNode::boxed(JoinProcessor {
             store: store.clone(),
