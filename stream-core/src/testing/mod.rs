@@ -17,6 +17,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use topics::Binding;
 pub use topics::{TestInputTopic, TestOutputTopic, TestRecord, TestStore};
 
 use crate::config::StreamsConfig;
@@ -169,7 +170,7 @@ impl TestDriver {
         keys: impl Serde<K>,
         values: impl Serde<V>,
     ) -> TestInputTopic<K, V> {
-        TestInputTopic::new(self.state.clone(), topic, keys, values)
+        TestInputTopic(Binding::new(self.state.clone(), topic, keys, values))
     }
 
     /// A handle to read the records written to `topic`.
@@ -179,7 +180,7 @@ impl TestDriver {
         keys: impl Serde<K>,
         values: impl Serde<V>,
     ) -> TestOutputTopic<K, V> {
-        TestOutputTopic::new(self.state.clone(), topic, keys, values)
+        TestOutputTopic(Binding::new(self.state.clone(), topic, keys, values))
     }
 
     /// A typed view of store `name` across all tasks.
@@ -189,7 +190,7 @@ impl TestDriver {
         keys: impl Serde<K>,
         values: impl Serde<V>,
     ) -> TestStore<K, V> {
-        TestStore::new(self.state.clone(), name, keys, values)
+        TestStore(Binding::new(self.state.clone(), name, keys, values))
     }
 
     /// Advances the wall clock and runs the wall-clock punctuations due, then commits.

@@ -39,33 +39,39 @@ impl<K, V> TestRecord<K, V> {
     }
 }
 
-/// Pipes records into a topic of a [`super::TestDriver`].
-pub struct TestInputTopic<K, V> {
+/// What every typed handle on the driver holds: the driver, a topic or store
+/// name, and the serdes to read and write it.
+pub(super) struct Binding<K, V> {
     state: Rc<RefCell<DriverState>>,
-    topic: String,
+    name: String,
     keys: SerdeRef<K>,
     values: SerdeRef<V>,
 }
 
-impl<K: 'static, V: 'static> TestInputTopic<K, V> {
+impl<K, V> Binding<K, V> {
     pub(super) fn new(
         state: Rc<RefCell<DriverState>>,
-        topic: &str,
+        name: &str,
         keys: impl Serde<K>,
         values: impl Serde<V>,
     ) -> Self {
-        TestInputTopic {
+        Binding {
             state,
-            topic: topic.to_string(),
+            name: name.to_string(),
             keys: Arc::new(keys),
             values: Arc::new(values),
         }
     }
+}
 
+/// Pipes records into a topic of a [`super::TestDriver`].
+pub struct TestInputTopic<K, V>(pub(super) Binding<K, V>);
+
+impl<K: 'static, V: 'static> TestInputTopic<K, V> {
     fn encode(&self, record: &TestRecord<K, V>) -> Result<RawRecord> {
         Ok(RawRecord {
-            key: Some(self.keys.encode(&record.key)?),
-            value: Some(self.values.encode(&record.value)?),
+            key: Some(self.0.keys.encode(&record.key)?),
+            value: Some(self.0.values.encode(&record.value)?),
             timestamp: record.timestamp,
             headers: record.headers.clone(),
         })
@@ -73,7 +79,7 @@ impl<K: 'static, V: 'static> TestInputTopic<K, V> {
 
     /// Pipes `key`/`value` stamped with the driver's wall-clock time.
     pub fn pipe(&self, key: K, value: V) -> Result<()> {
-        let now = self.state.borrow().wall_clock;
+        let now = self.0.state.borrow().wall_clock;
         self.pipe_record(TestRecord::new(key, value, now))
     }
 
@@ -85,13 +91,13 @@ impl<K: 'static, V: 'static> TestInputTopic<K, V> {
     /// Pipes a record with headers.
     pub fn pipe_record(&self, record: TestRecord<K, V>) -> Result<()> {
         let raw = self.encode(&record);
-        self.state.borrow_mut().pipe(&self.topic, [raw])
+        self.0.state.borrow_mut().pipe(&self.0.name, [raw])
     }
 
     /// Pipes many records and commits once at the end (as a commit interval would).
     pub fn pipe_batch(&self, records: impl IntoIterator<Item = TestRecord<K, V>>) -> Result<()> {
         let raw = records.into_iter().map(|r| self.encode(&r));
-        self.state.borrow_mut().pipe(&self.topic, raw)
+        self.0.state.borrow_mut().pipe(&self.0.name, raw)
     }
 
     /// Pipes raw bytes, for instance a value that does not decode; `None` is a
@@ -103,48 +109,30 @@ impl<K: 'static, V: 'static> TestInputTopic<K, V> {
             timestamp,
             headers: Headers::new(),
         };
-        self.state.borrow_mut().pipe(&self.topic, [Ok(raw)])
+        self.0.state.borrow_mut().pipe(&self.0.name, [Ok(raw)])
     }
 }
 
 /// Reads the records written to a topic of a [`super::TestDriver`], in order.
 /// Reading consumes them.
-pub struct TestOutputTopic<K, V> {
-    state: Rc<RefCell<DriverState>>,
-    topic: String,
-    keys: SerdeRef<K>,
-    values: SerdeRef<V>,
-}
+pub struct TestOutputTopic<K, V>(pub(super) Binding<K, V>);
 
 impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
-    pub(super) fn new(
-        state: Rc<RefCell<DriverState>>,
-        topic: &str,
-        keys: impl Serde<K>,
-        values: impl Serde<V>,
-    ) -> Self {
-        TestOutputTopic {
-            state,
-            topic: topic.to_string(),
-            keys: Arc::new(keys),
-            values: Arc::new(values),
-        }
-    }
-
     /// The next unread record, if any; a tombstone or undecodable record is an error.
     pub fn read_record(&self) -> Result<Option<TestRecord<K, V>>, SerdeError> {
         let next = self
+            .0
             .state
             .borrow_mut()
-            .log_mut(&self.topic)
+            .log_mut(&self.0.name)
             .and_then(|log| log.pop_front());
         let Some(logged) = next else { return Ok(None) };
         let raw = logged.record;
-        let key = self.keys.decode(raw.key.as_deref().unwrap_or_default())?;
+        let key = self.0.keys.decode(raw.key.as_deref().unwrap_or_default())?;
         let value = raw
             .value
             .ok_or_else(|| SerdeError::decode("value", "tombstone"))?;
-        let value = self.values.decode(&value)?;
+        let value = self.0.values.decode(&value)?;
         Ok(Some(TestRecord {
             key,
             value,
@@ -170,9 +158,10 @@ impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
 
     /// The number of unread records.
     pub fn len(&self) -> usize {
-        self.state
+        self.0
+            .state
             .borrow_mut()
-            .log_mut(&self.topic)
+            .log_mut(&self.0.name)
             .map_or(0, |log| log.len())
     }
 
@@ -183,35 +172,17 @@ impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
 }
 
 /// Reads a store of a [`super::TestDriver`], across the tasks that hold it.
-pub struct TestStore<K, V> {
-    state: Rc<RefCell<DriverState>>,
-    name: String,
-    keys: SerdeRef<K>,
-    values: SerdeRef<V>,
-}
+pub struct TestStore<K, V>(pub(super) Binding<K, V>);
 
 impl<K: 'static, V: 'static> TestStore<K, V> {
-    pub(super) fn new(
-        state: Rc<RefCell<DriverState>>,
-        name: &str,
-        keys: impl Serde<K>,
-        values: impl Serde<V>,
-    ) -> Self {
-        TestStore {
-            state,
-            name: name.to_string(),
-            keys: Arc::new(keys),
-            values: Arc::new(values),
-        }
-    }
-
     /// The value of `key` in whichever task holds it.
     pub fn get(&self, key: &K) -> Result<Option<V>, StoreError> {
-        let mut state = self.state.borrow_mut();
+        let mut state = self.0.state.borrow_mut();
         for task in state.tasks.values_mut() {
-            if let Some(store) = task.store_mut(&self.name) {
+            if let Some(store) = task.store_mut(&self.0.name) {
                 if let Some(value) =
-                    Store::new(store, &*self.keys, &*self.values, &Scratch::default()).get(key)?
+                    Store::new(store, &*self.0.keys, &*self.0.values, &Scratch::default())
+                        .get(key)?
                 {
                     return Ok(Some(value));
                 }
@@ -222,12 +193,12 @@ impl<K: 'static, V: 'static> TestStore<K, V> {
 
     /// Every entry of every task, task by task, each in key order.
     pub fn all(&self) -> Result<Vec<(K, V)>, StoreError> {
-        let mut state = self.state.borrow_mut();
+        let mut state = self.0.state.borrow_mut();
         let mut entries = Vec::new();
         for task in state.tasks.values_mut() {
-            if let Some(store) = task.store_mut(&self.name) {
+            if let Some(store) = task.store_mut(&self.0.name) {
                 entries.extend(
-                    Store::new(store, &*self.keys, &*self.values, &Scratch::default()).all()?,
+                    Store::new(store, &*self.0.keys, &*self.0.values, &Scratch::default()).all()?,
                 );
             }
         }

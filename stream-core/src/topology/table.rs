@@ -4,7 +4,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::builder::GraphRef;
-use super::ops::aggregate::{AggregateProcessor, TableSourceProcessor, Update};
+use super::ops::aggregate::{
+    aggregator, reducer, AggregateProcessor, TableSourceProcessor, Update,
+};
 use super::ops::source::{self, ValueDecoder};
 use super::stream::{Consumed, KStream};
 use super::windowed::{TimeWindowedKStream, TimeWindows};
@@ -177,12 +179,8 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
         name: &str,
         reduce: impl Fn(V, V) -> V + Send + Sync + 'static,
     ) -> KTable<K, V> {
-        let update: Update<K, V, V> = Arc::new(move |_, v, old| match old {
-            Some(acc) => reduce(acc, v),
-            None => v,
-        });
         self.fold(
-            update,
+            reducer(reduce),
             Materialized {
                 name: name.to_string(),
                 values: self.values.clone(),
@@ -197,10 +195,7 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
         add: impl Fn(&K, V, A) -> A + Send + Sync + 'static,
         materialized: Materialized<A>,
     ) -> KTable<K, A> {
-        self.fold(
-            Arc::new(move |k, v, old| add(k, v, old.unwrap_or_else(&init))),
-            materialized,
-        )
+        self.fold(aggregator(init, add), materialized)
     }
 
     fn fold<A: Data>(

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::ops::aggregate::Update;
+use super::ops::aggregate::{aggregator, reducer, Update};
 use super::ops::window::WindowAggregateProcessor;
 use super::stream::KStream;
 use super::table::{KTable, Materialized};
@@ -186,10 +186,7 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
         add: impl Fn(&K, V, A) -> A + Send + Sync + 'static,
         materialized: Materialized<A>,
     ) -> KTable<Windowed<K>, A> {
-        self.fold(
-            Arc::new(move |k, v, old| add(k, v, old.unwrap_or_else(&init))),
-            materialized,
-        )
+        self.fold(aggregator(init, add), materialized)
     }
 
     /// Combines the values per key and window with `reduce`.
@@ -198,12 +195,8 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
         name: &str,
         reduce: impl Fn(V, V) -> V + Send + Sync + 'static,
     ) -> KTable<Windowed<K>, V> {
-        let update: Update<K, V, V> = Arc::new(move |_, v, old| match old {
-            Some(acc) => reduce(acc, v),
-            None => v,
-        });
         self.fold(
-            update,
+            reducer(reduce),
             Materialized {
                 name: name.to_string(),
                 values: self.values.clone(),

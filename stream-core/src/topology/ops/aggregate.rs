@@ -10,6 +10,22 @@ use crate::serdes::SerdeRef;
 /// Computes the new aggregate of a key from a value and the old aggregate.
 pub(crate) type Update<K, V, A> = Arc<dyn Fn(&K, V, Option<A>) -> A + Send + Sync>;
 
+/// The update of `aggregate`: fold into `init()` for a new key.
+pub(crate) fn aggregator<K, V, A>(
+    init: impl Fn() -> A + Send + Sync + 'static,
+    add: impl Fn(&K, V, A) -> A + Send + Sync + 'static,
+) -> Update<K, V, A> {
+    Arc::new(move |k, v, old| add(k, v, old.unwrap_or_else(&init)))
+}
+
+/// The update of `reduce`: the first value of a key is kept as is.
+pub(crate) fn reducer<K, V>(reduce: impl Fn(V, V) -> V + Send + Sync + 'static) -> Update<K, V, V> {
+    Arc::new(move |_, v, old| match old {
+        Some(acc) => reduce(acc, v),
+        None => v,
+    })
+}
+
 /// Folds each record into its key's aggregate and forwards the change.
 pub(crate) struct AggregateProcessor<K, V, A> {
     pub(crate) store: String,
