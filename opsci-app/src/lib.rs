@@ -1,7 +1,9 @@
 //! The OPSCI retail app, composed from stream-core.
 //!
-//! Status: skeleton. It holds the stock movement as the course's producers
-//! write it and a first stock fold; validation, product statuses, the Strapi
-//! sync and the Kafka runtime come with the app's own issue.
+//! Status: the stock fold, the status policy, rejections and status events
+//! run on stream-core's test driver; the loaders, the Kafka runtime and the
+//! Strapi sync come with the app's own issue.
 
-pub mod stock;
+pub mod model;
+pub mod policy;
+pub mod topology;

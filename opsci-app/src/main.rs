@@ -1,64 +1,121 @@
-//! `opsci-app`: for now, folds the embedded sample stock movements in process
-//! (stream-core's test driver, no broker) and prints the stock per product.
+//! `opsci-app`: for now, runs the OPSCI topology in process (stream-core's
+//! test driver, no broker) on the embedded sample products and stock
+//! movements, and prints the resulting product table.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use opsci_app::stock::{self, Direction, Movement};
-use stream_core::serdes::{Json, Utf8, I64};
-use stream_core::TestDriver;
+use opsci_app::model::{Event, Product};
+use opsci_app::policy::StatusPolicy;
+use opsci_app::topology::{self, Rejection, Topics, PRODUCTS_STORE, STOCK_STORE};
+use stream_core::serdes::{Bytes, Json, Utf8, I64};
+use stream_core::{StreamsConfig, TestDriver};
 
-/// Sample movements in the course's CSV format: `id,amount,type`.
-const SAMPLE: &str = include_str!("../data/stock.csv");
+/// Sample products, `name,description,stock_available,barcode`; ids 1..N.
+const PRODUCTS: &str = include_str!("../data/products.csv");
+/// Sample movements, `id,amount,type`, some of them invalid on purpose.
+const STOCK: &str = include_str!("../data/stock.csv");
 
-fn parse(line: &str) -> Result<Movement, String> {
-    let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-    let [id, amount, kind] = fields[..] else {
-        return Err(format!("expected id,amount,type, got {line:?}"));
-    };
-    let direction = match kind {
-        "IN" => Direction::In,
-        "OUT" => Direction::Out,
-        other => return Err(format!("unknown movement type {other:?}")),
-    };
-    Ok(Movement {
-        id: id.parse().map_err(|e| format!("bad id {id:?}: {e}"))?,
-        amount: amount
-            .parse()
-            .map_err(|e| format!("bad amount {amount:?}: {e}"))?,
-        direction,
-    })
+/// The data rows of a small CSV sample (no quoted fields).
+fn rows(csv: &str) -> impl Iterator<Item = Vec<&str>> {
+    csv.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split(',').map(str::trim).collect())
+}
+
+/// A sample movement row as the course's producers would send it; an amount
+/// that is not a number is sent as text, for the topology to reject.
+fn movement_json(row: &[&str]) -> String {
+    let field = |i: usize| row.get(i).copied().unwrap_or_default();
+    let amount = field(1)
+        .parse::<i64>()
+        .map_or_else(|_| format!("{:?}", field(1)), |a| a.to_string());
+    format!(
+        r#"{{"id":{},"amount":{},"type":{:?}}}"#,
+        field(0),
+        amount,
+        field(2)
+    )
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let driver = TestDriver::builder(stock::stock_levels("stock", "stock-levels")?)
+    let topics = Topics::default();
+    let config = StreamsConfig::new("opsci").dead_letter_to(topics.error.clone());
+    let topology = topology::build(&topics, StatusPolicy::default())?;
+    let driver = TestDriver::builder(topology)
+        .config(config)
         .partitions(3)
         .build()?;
-    let input = driver.input_topic("stock", Utf8, Json::<Movement>::new());
-    let mut skipped = 0;
-    for (n, line) in SAMPLE
-        .lines()
-        .enumerate()
-        .skip(1)
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        match parse(line) {
-            Ok(movement) => input.pipe(movement.id.to_string(), movement)?,
-            Err(reason) => {
-                skipped += 1;
-                eprintln!("stock.csv line {}: {reason}", n + 1);
-            }
-        }
+
+    let products = driver.input_topic(&topics.product, Utf8, Json::<Product>::new());
+    for (i, row) in rows(PRODUCTS).enumerate() {
+        let [name, description, stock, barcode] = row[..] else {
+            continue;
+        };
+        let id = i as u64 + 1;
+        let stock_available = stock.parse()?;
+        let product = Product {
+            id,
+            name: name.into(),
+            description: description.into(),
+            stock_available,
+            barcode: barcode.into(),
+        };
+        products.pipe(id.to_string(), product)?;
     }
-    let mut table = driver.store(stock::STOCK_STORE, Utf8, I64).all()?;
-    table.sort_by_key(|(id, _)| id.parse::<u64>().unwrap_or(u64::MAX));
-    println!("{:>8}  {:>6}", "product", "stock");
-    for (id, stock) in table {
-        println!("{id:>8}  {stock:>6}");
+    let stock = driver.input_topic(&topics.stock, Bytes, Bytes);
+    for row in rows(STOCK) {
+        stock.pipe(row[0].as_bytes().to_vec(), movement_json(&row).into_bytes())?;
+    }
+
+    let catalogue = driver
+        .store(PRODUCTS_STORE, Utf8, Json::<Product>::new())
+        .all()?;
+    let levels: BTreeMap<String, i64> = driver
+        .store(STOCK_STORE, Utf8, I64)
+        .all()?
+        .into_iter()
+        .collect();
+    let policy = StatusPolicy::default();
+    let mut table: Vec<_> = catalogue
+        .into_iter()
+        .map(|(key, p)| {
+            let stock = levels.get(&key).copied().unwrap_or(p.stock_available);
+            (p.id, p.name, stock, policy.status(stock, p.stock_available))
+        })
+        .collect();
+    table.sort_by_key(|row| row.0);
+    println!("{:>3}  {:<8} {:>5}  status", "id", "name", "stock");
+    for (id, name, stock, status) in table {
+        println!("{id:>3}  {name:<8} {stock:>5}  {status}");
+    }
+    let rejections = driver
+        .output_topic(&topics.error, Utf8, Json::<Rejection>::new())
+        .read_records()?;
+    let events = driver
+        .output_topic(&topics.event, Utf8, Json::<Event>::new())
+        .read_records()?;
+    println!(
+        "\n{} movements read, {} rejected:",
+        rows(STOCK).count(),
+        rejections.len()
+    );
+    for r in &rejections {
+        let s = &r.value.source;
+        println!(
+            "  {}[{}]@{}: {}",
+            s.topic, s.partition, s.offset, r.value.message
+        );
     }
     println!(
-        "{} movements folded in process, {skipped} rows rejected",
-        driver.metrics().records_in
+        "{} status changes sent as events, for example:",
+        events.len()
     );
+    for e in events.iter().take(3) {
+        println!("  {}", e.value.value);
+    }
+    println!("(in process, no broker: stream-core's test driver)");
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! changes since the last commit, which the runtime writes to the store's
 //! changelog topic in the same commit ([`KeyValueStore::pending_changes`]).
 //!
-//! Two implementations share that logic ([`staged::Staged`]): [`InMemoryStore`]
+//! Two implementations share that staging logic: [`InMemoryStore`]
 //! and [`RocksDbStore`] (one RocksDB instance per task, a column family per
 //! store). Processors use them through the typed view [`Store`].
 
