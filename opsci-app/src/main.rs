@@ -1,9 +1,15 @@
-//! `opsci-app`: for now, runs the OPSCI topology in process (stream-core's
-//! test driver, no broker) on the embedded sample products and stock
-//! movements, and prints the resulting product table.
+//! `opsci-app`:
+//! - `opsci-app produce products|events|stock FILE` loads a CSV file onto its topic;
+//! - `opsci-app` (or `opsci-app demo`) runs the OPSCI topology in process
+//!   (stream-core's test driver, no broker) on the embedded sample products
+//!   and stock movements, and prints the resulting product table.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use opsci_app::sources::{self, KafkaConfig, Kind};
 
 use opsci_app::model::{Event, Product};
 use opsci_app::policy::StatusPolicy;
@@ -39,7 +45,85 @@ fn movement_json(row: &[&str]) -> String {
     )
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
+#[derive(Parser)]
+#[command(version, about = "The OPSCI stream processing app")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Loads a CSV file (the course's formats) onto its topic.
+    Produce {
+        /// Which file format.
+        kind: Kind,
+        /// The CSV file.
+        file: PathBuf,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    },
+    /// Runs the topology in process on the embedded samples (the default).
+    Demo,
+}
+
+#[derive(Args)]
+struct KafkaArgs {
+    /// Bootstrap servers; defaults to the course's BROKER_1..BROKER_3, then localhost:9092.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: Option<String>,
+    #[arg(long, env = "PRODUCT_TOPIC", default_value = "product")]
+    product_topic: String,
+    #[arg(long, env = "EVENT_TOPIC", default_value = "event")]
+    event_topic: String,
+    #[arg(long, env = "STOCK_TOPIC", default_value = "stock")]
+    stock_topic: String,
+    #[arg(long, env = "ERROR_TOPIC", default_value = "error")]
+    error_topic: String,
+}
+
+impl KafkaArgs {
+    fn config(self) -> KafkaConfig {
+        let course = ["BROKER_1", "BROKER_2", "BROKER_3"]
+            .iter()
+            .filter_map(|v| std::env::var(v).ok())
+            .collect::<Vec<_>>();
+        let brokers = self
+            .brokers
+            .or_else(|| (!course.is_empty()).then(|| course.join(",")));
+        KafkaConfig {
+            brokers: brokers.unwrap_or_else(|| "localhost:9092".to_string()),
+            topics: Topics {
+                product: self.product_topic,
+                event: self.event_topic,
+                stock: self.stock_topic,
+                error: self.error_topic,
+            },
+            properties: Vec::new(),
+        }
+    }
+}
+
+fn produce(
+    kind: Kind,
+    file: PathBuf,
+    kafka: KafkaArgs,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let config = kafka.config();
+    let summary = sources::produce(&config, kind, &file)?;
+    println!(
+        "{}: {} rows, {} sent, {} rejected to `{}`, {} not delivered",
+        file.display(),
+        summary.rows,
+        summary.sent,
+        summary.rejected,
+        config.topics.error,
+        summary.failed
+    );
+    Ok(summary.failed == 0)
+}
+
+fn demo() -> Result<bool, Box<dyn std::error::Error>> {
     let topics = Topics::default();
     let config = StreamsConfig::new("opsci").dead_letter_to(topics.error.clone());
     let topology = topology::build(&topics, StatusPolicy::default())?;
@@ -116,12 +200,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!("  {}", e.value.value);
     }
     println!("(in process, no broker: stream-core's test driver)");
-    Ok(())
+    Ok(true)
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match Cli::parse().command {
+        Some(Command::Produce { kind, file, kafka }) => produce(kind, file, kafka),
+        Some(Command::Demo) | None => demo(),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(error) => {
             eprintln!("opsci-app: {error}");
             ExitCode::FAILURE
