@@ -15,6 +15,7 @@
 //! | [`serdes`] | JSON, bincode, UTF-8, bytes, `i64`, or your own [`serdes::Serde`] |
 //! | [`StreamsConfig`] | application id, [`ErrorPolicy`] for undecodable and failing records (fail, skip, dead letter), state backend |
 //! | [`TestDriver`] | runs a topology with one task per partition, deterministically, without a broker |
+//! | [`runtime::Runtime`] | runs it on a Kafka cluster (first version: at-least-once) |
 //!
 //! # Example: a keyed fold
 //!
@@ -60,6 +61,7 @@ mod metrics;
 mod partitioner;
 pub mod processor;
 mod record;
+pub mod runtime;
 pub mod serdes;
 pub mod state;
 mod task;

@@ -130,3 +130,40 @@ fn aborted_transactions_are_visible_to_read_committed_consumers_on_the_test_brok
         "the aborted record is visible on the test broker (Apache Kafka hides it): {values:?}"
     );
 }
+
+/// Documents a second deviation: when records arrive in batches, the test
+/// broker under-reports a partition's high watermark (ListOffsets "latest";
+/// it looks like a count of batches), so it cannot tell where a partition
+/// ends. stream-core's restoration appends its own marker and reads
+/// up to it instead. If this test fails, the broker now reports watermarks
+/// correctly: update the README's "Test broker" section.
+#[test]
+fn the_high_watermark_is_under_reported_on_the_test_broker() {
+    let broker = Broker::start();
+    broker.create_topic("marks", 1);
+    let producer: BaseProducer = broker
+        .client_config()
+        .set("linger.ms", "200")
+        .create()
+        .expect("producer");
+    for i in 0..50 {
+        producer
+            .send(BaseRecord::to("marks").key("k").payload(&format!("{i}")))
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    let seen = read_all(&broker, "marks", 1, "read_uncommitted", |s| s.len() >= 50);
+    assert_eq!(seen.len(), 50, "the records are all there");
+    let consumer: BaseConsumer = broker
+        .client_config()
+        .set("group.id", "marks")
+        .create()
+        .expect("consumer");
+    let (_, high) = consumer
+        .fetch_watermarks("marks", 0, Duration::from_secs(10))
+        .expect("watermarks");
+    assert!(
+        high < 50,
+        "Apache Kafka reports 50 here; the test broker reported {high}"
+    );
+}

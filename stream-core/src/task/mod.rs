@@ -355,7 +355,7 @@ impl Task {
     }
 
     /// Discards staged writes and pending output.
-    #[allow(dead_code)] // used by the Kafka runtime
+    #[allow(dead_code)] // for the exactly-once commit path
     pub(crate) fn abort(&mut self) {
         self.core.output.clear();
         for store in &mut self.core.stores {
@@ -372,6 +372,27 @@ impl Task {
 
     pub(crate) fn metrics(&self) -> &TaskMetrics {
         &self.core.metrics
+    }
+
+    /// The changelog topic of each store of this task, by store index (the
+    /// partition is the task's).
+    pub(crate) fn changelogs(&self) -> &[Arc<str>] {
+        &self.changelogs
+    }
+
+    /// The source topics of this task.
+    pub(crate) fn source_topics(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().map(|(t, _)| &**t)
+    }
+
+    /// Applies one changelog record to store `store` (before processing starts).
+    pub(crate) fn restore(&mut self, store: usize, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let store = &mut self.core.stores[store];
+        match value {
+            Some(value) => store.put(key, value)?,
+            None => store.delete(key)?,
+        }
+        Ok(())
     }
 
     /// The store `name` of this task, if it has one.

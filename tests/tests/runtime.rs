@@ -1,0 +1,128 @@
+//! stream-core's Kafka runtime on the real broker: a keyed fold, stopped and
+//! restarted with its local state gone, restores from the changelog and ends
+//! with the same table as an independent fold of the input.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use integration_tests::Broker;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use stream_core::runtime::{Runtime, RuntimeConfig};
+use stream_core::serdes::{Utf8, I64};
+use stream_core::{
+    Consumed, Grouped, Materialized, Produced, StreamsBuilder, StreamsConfig, Topology,
+};
+
+const PARTITIONS: i32 = 4;
+
+fn topology() -> Topology {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("movements", Consumed::with(Utf8, I64))
+        .group_by_key(Grouped::with(Utf8, I64))
+        .aggregate(
+            || 0,
+            |_, amount, total| total + amount,
+            Materialized::new("totals", I64),
+        )
+        .to_stream()
+        .to("totals", Produced::with(Utf8, I64));
+    builder.build().expect("topology")
+}
+
+/// Produces `count` movements starting at sequence `from`; returns them.
+fn produce(broker: &Broker, from: i64, count: i64) -> Vec<(String, i64)> {
+    let producer: BaseProducer = broker
+        .client_config()
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("producer");
+    let movements: Vec<(String, i64)> = (from..from + count)
+        .map(|i| (format!("product-{}", i % 30), i % 17 - 8))
+        .collect();
+    for (key, amount) in &movements {
+        let value = amount.to_be_bytes();
+        producer
+            .send(
+                BaseRecord::to("movements")
+                    .key(key.as_str())
+                    .payload(&value[..]),
+            )
+            .expect("send");
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    movements
+}
+
+/// Runs the application until it has read `count` records (or 60 s pass).
+fn run(broker: &Broker, count: u64) -> u64 {
+    let config = RuntimeConfig::new(StreamsConfig::new("fold-app"), broker.bootstrap());
+    let mut runtime = Runtime::new(topology(), config).expect("runtime");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    runtime
+        .run(|m| m.records_in >= count || Instant::now() > deadline)
+        .expect("run");
+    runtime.metrics().records_in
+}
+
+/// The latest total per key on the `totals` topic, once `expected` records were read.
+fn read_totals(broker: &Broker, expected: usize) -> BTreeMap<String, i64> {
+    let consumer: BaseConsumer = broker
+        .client_config()
+        .set("group.id", "totals-reader")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        assignment
+            .add_partition_offset("totals", p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let (mut totals, mut read) = (BTreeMap::new(), 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let value =
+                i64::from_be_bytes(m.payload().unwrap_or_default().try_into().expect("8 bytes"));
+            totals.insert(key, value);
+            read += 1;
+        }
+    }
+    assert_eq!(read, expected, "records on the totals topic");
+    totals
+}
+
+fn fold(movements: &[(String, i64)]) -> BTreeMap<String, i64> {
+    movements
+        .iter()
+        .fold(BTreeMap::new(), |mut totals, (key, amount)| {
+            *totals.entry(key.clone()).or_insert(0) += amount;
+            totals
+        })
+}
+
+#[test]
+fn a_restarted_application_restores_its_state_from_the_changelog() {
+    let broker = Broker::start();
+    broker.create_topic("movements", PARTITIONS);
+    broker.create_topic("totals", PARTITIONS);
+
+    let mut movements = produce(&broker, 0, 3_000);
+    assert_eq!(run(&broker, 3_000), 3_000);
+    assert_eq!(read_totals(&broker, 3_000), fold(&movements));
+
+    // A new instance, with no local state (in-memory stores): what it knows of
+    // the first run comes from the changelog topic.
+    movements.extend(produce(&broker, 3_000, 1_000));
+    assert_eq!(
+        run(&broker, 1_000),
+        1_000,
+        "the committed offsets were kept"
+    );
+    assert_eq!(read_totals(&broker, 4_000), fold(&movements));
+}
