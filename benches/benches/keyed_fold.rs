@@ -9,9 +9,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use stream_core::serdes::{Utf8, I64};
 use stream_core::state::StateBackend;
 use stream_core::testing::TestRecord;
-use stream_core::{
-    Consumed, Grouped, Materialized, Produced, StreamsBuilder, StreamsConfig, TestDriver,
-};
+use stream_core::{Consumed, Grouped, Materialized, Produced, StreamsBuilder, StreamsConfig, TestDriver};
 
 const BATCH: usize = 20_000;
 const KEYS: usize = 1_000;
@@ -20,43 +18,26 @@ const KEYS: usize = 1_000;
 /// written to the topic `levels`.
 fn driver(state: StateBackend, with_output: bool) -> TestDriver {
     let builder = StreamsBuilder::new();
-    let levels = builder
-        .stream("stock", Consumed::with(Utf8, I64))
-        .group_by_key(Grouped::with(Utf8, I64))
-        .aggregate(
-            || 0,
-            |_, amount, stock| stock + amount,
-            Materialized::new("stock", I64),
-        );
+    let levels = builder.stream("stock", Consumed::with(Utf8, I64)).group_by_key(Grouped::with(Utf8, I64)).aggregate(
+        || 0,
+        |_, amount, stock| stock + amount,
+        Materialized::new("stock", I64),
+    );
     if with_output {
         levels.to_stream().to("levels", Produced::with(Utf8, I64));
     }
     let config = StreamsConfig::new("bench").state(state);
-    TestDriver::builder(builder.build().expect("topology"))
-        .config(config)
-        .partitions(4)
-        .build()
-        .expect("driver")
+    TestDriver::builder(builder.build().expect("topology")).config(config).partitions(4).build().expect("driver")
 }
 
 fn batch() -> Vec<TestRecord<String, i64>> {
-    (0..BATCH)
-        .map(|i| {
-            TestRecord::new(
-                format!("product-{}", i % KEYS),
-                (i % 13) as i64 - 6,
-                i as i64,
-            )
-        })
-        .collect()
+    (0..BATCH).map(|i| TestRecord::new(format!("product-{}", i % KEYS), (i % 13) as i64 - 6, i as i64)).collect()
 }
 
 fn keyed_fold(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let backends = [
-        ("in-memory", StateBackend::InMemory),
-        ("rocksdb", StateBackend::RocksDb(dir.path().to_path_buf())),
-    ];
+    let backends =
+        [("in-memory", StateBackend::InMemory), ("rocksdb", StateBackend::RocksDb(dir.path().to_path_buf()))];
     let variants = [("fold", false), ("fold+output", true)];
     let records = batch();
     let mut group = c.benchmark_group("keyed_fold");

@@ -24,25 +24,15 @@ const STOCK: &str = include_str!("../data/stock.csv");
 
 /// The data rows of a small CSV sample (no quoted fields).
 fn rows(csv: &str) -> impl Iterator<Item = Vec<&str>> {
-    csv.lines()
-        .skip(1)
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.split(',').map(str::trim).collect())
+    csv.lines().skip(1).filter(|l| !l.trim().is_empty()).map(|l| l.split(',').map(str::trim).collect())
 }
 
 /// A sample movement row as the course's producers would send it; an amount
 /// that is not a number is sent as text, for the topology to reject.
 fn movement_json(row: &[&str]) -> String {
     let field = |i: usize| row.get(i).copied().unwrap_or_default();
-    let amount = field(1)
-        .parse::<i64>()
-        .map_or_else(|_| format!("{:?}", field(1)), |a| a.to_string());
-    format!(
-        r#"{{"id":{},"amount":{},"type":{:?}}}"#,
-        field(0),
-        amount,
-        field(2)
-    )
+    let amount = field(1).parse::<i64>().map_or_else(|_| format!("{:?}", field(1)), |a| a.to_string());
+    format!(r#"{{"id":{},"amount":{},"type":{:?}}}"#, field(0), amount, field(2))
 }
 
 #[derive(Parser)]
@@ -84,13 +74,9 @@ struct KafkaArgs {
 
 impl KafkaArgs {
     fn config(self) -> KafkaConfig {
-        let course = ["BROKER_1", "BROKER_2", "BROKER_3"]
-            .iter()
-            .filter_map(|v| std::env::var(v).ok())
-            .collect::<Vec<_>>();
-        let brokers = self
-            .brokers
-            .or_else(|| (!course.is_empty()).then(|| course.join(",")));
+        let course =
+            ["BROKER_1", "BROKER_2", "BROKER_3"].iter().filter_map(|v| std::env::var(v).ok()).collect::<Vec<_>>();
+        let brokers = self.brokers.or_else(|| (!course.is_empty()).then(|| course.join(",")));
         KafkaConfig {
             brokers: brokers.unwrap_or_else(|| "localhost:9092".to_string()),
             topics: Topics {
@@ -104,11 +90,7 @@ impl KafkaArgs {
     }
 }
 
-fn produce(
-    kind: Kind,
-    file: PathBuf,
-    kafka: KafkaArgs,
-) -> Result<bool, Box<dyn std::error::Error>> {
+fn produce(kind: Kind, file: PathBuf, kafka: KafkaArgs) -> Result<bool, Box<dyn std::error::Error>> {
     let config = kafka.config();
     let summary = sources::produce(&config, kind, &file)?;
     println!(
@@ -127,10 +109,7 @@ fn demo() -> Result<bool, Box<dyn std::error::Error>> {
     let topics = Topics::default();
     let config = StreamsConfig::new("opsci").dead_letter_to(topics.error.clone());
     let topology = topology::build(&topics, StatusPolicy::default())?;
-    let driver = TestDriver::builder(topology)
-        .config(config)
-        .partitions(3)
-        .build()?;
+    let driver = TestDriver::builder(topology).config(config).partitions(3).build()?;
 
     let products = driver.input_topic(&topics.product, Utf8, Json::<Product>::new());
     for (i, row) in rows(PRODUCTS).enumerate() {
@@ -153,14 +132,8 @@ fn demo() -> Result<bool, Box<dyn std::error::Error>> {
         stock.pipe(row[0].as_bytes().to_vec(), movement_json(&row).into_bytes())?;
     }
 
-    let catalogue = driver
-        .store(PRODUCTS_STORE, Utf8, Json::<Product>::new())
-        .all()?;
-    let levels: BTreeMap<String, i64> = driver
-        .store(STOCK_STORE, Utf8, I64)
-        .all()?
-        .into_iter()
-        .collect();
+    let catalogue = driver.store(PRODUCTS_STORE, Utf8, Json::<Product>::new()).all()?;
+    let levels: BTreeMap<String, i64> = driver.store(STOCK_STORE, Utf8, I64).all()?.into_iter().collect();
     let policy = StatusPolicy::default();
     let mut table: Vec<_> = catalogue
         .into_iter()
@@ -174,28 +147,14 @@ fn demo() -> Result<bool, Box<dyn std::error::Error>> {
     for (id, name, stock, status) in table {
         println!("{id:>3}  {name:<8} {stock:>5}  {status}");
     }
-    let rejections = driver
-        .output_topic(&topics.error, Utf8, Json::<Rejection>::new())
-        .read_records()?;
-    let events = driver
-        .output_topic(&topics.event, Utf8, Json::<Event>::new())
-        .read_records()?;
-    println!(
-        "\n{} movements read, {} rejected:",
-        rows(STOCK).count(),
-        rejections.len()
-    );
+    let rejections = driver.output_topic(&topics.error, Utf8, Json::<Rejection>::new()).read_records()?;
+    let events = driver.output_topic(&topics.event, Utf8, Json::<Event>::new()).read_records()?;
+    println!("\n{} movements read, {} rejected:", rows(STOCK).count(), rejections.len());
     for r in &rejections {
         let s = &r.value.source;
-        println!(
-            "  {}[{}]@{}: {}",
-            s.topic, s.partition, s.offset, r.value.message
-        );
+        println!("  {}[{}]@{}: {}", s.topic, s.partition, s.offset, r.value.message);
     }
-    println!(
-        "{} status changes sent as events, for example:",
-        events.len()
-    );
+    println!("{} status changes sent as events, for example:", events.len());
     for e in events.iter().take(3) {
         println!("  {}", e.value.value);
     }

@@ -92,24 +92,10 @@ mod tests {
     #[test]
     fn reads_the_course_formats() {
         let m: Movement = serde_json::from_str(r#"{"id":201,"amount":37,"type":"OUT"}"#).unwrap();
-        assert_eq!(
-            m,
-            Movement {
-                id: 201,
-                amount: 37,
-                direction: Direction::Out
-            }
-        );
+        assert_eq!(m, Movement { id: 201, amount: 37, direction: Direction::Out });
         assert_eq!(m.delta(), -37);
-        let p: Product =
-            serde_json::from_str(r#"{"id":1,"name":"Pear","stock_available":12}"#).unwrap();
-        assert_eq!(
-            (p.name.as_str(), p.stock_available, p.barcode.as_str()),
-            ("Pear", 12, "")
-        );
-        assert_eq!(
-            serde_json::to_string(&Status::Danger).unwrap(),
-            r#""danger""#
-        );
+        let p: Product = serde_json::from_str(r#"{"id":1,"name":"Pear","stock_available":12}"#).unwrap();
+        assert_eq!((p.name.as_str(), p.stock_available, p.barcode.as_str()), ("Pear", 12, ""));
+        assert_eq!(serde_json::to_string(&Status::Danger).unwrap(), r#""danger""#);
     }
 }

@@ -19,10 +19,7 @@ pub struct StatusPolicy {
 
 impl Default for StatusPolicy {
     fn default() -> Self {
-        StatusPolicy {
-            danger_percent: 10,
-            danger_floor: 0,
-        }
+        StatusPolicy { danger_percent: 10, danger_floor: 0 }
     }
 }
 
@@ -57,16 +54,9 @@ mod tests {
         assert_eq!(policy.status(0, 100), Status::Empty);
         assert_eq!(policy.status(9, 100), Status::Danger);
         assert_eq!(policy.status(10, 100), Status::Safe);
-        assert_eq!(
-            policy.status(1, 5),
-            Status::Safe,
-            "10 % of 5 rounds up to 1"
-        );
+        assert_eq!(policy.status(1, 5), Status::Safe, "10 % of 5 rounds up to 1");
         assert_eq!(policy.status(1, 0), Status::Safe);
-        let floor = StatusPolicy {
-            danger_percent: 10,
-            danger_floor: 5,
-        };
+        let floor = StatusPolicy { danger_percent: 10, danger_floor: 5 };
         assert_eq!(floor.status(4, 10), Status::Danger);
         assert_eq!(floor.status(5, 10), Status::Safe);
     }

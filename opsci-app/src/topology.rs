@@ -15,9 +15,7 @@
 use serde::{Deserialize, Serialize};
 use stream_core::processor::{Processor, ProcessorContext, StoreHandle};
 use stream_core::serdes::{Bytes, Json, Utf8, I64};
-use stream_core::{
-    Consumed, Produced, Record, Repartitioned, StreamsBuilder, Topology, TopologyError,
-};
+use stream_core::{Consumed, Produced, Record, Repartitioned, StreamsBuilder, Topology, TopologyError};
 
 use crate::model::{Direction, Event, Movement, Product, Status};
 use crate::policy::StatusPolicy;
@@ -37,12 +35,7 @@ pub struct Topics {
 
 impl Default for Topics {
     fn default() -> Self {
-        Topics {
-            product: "product".into(),
-            event: "event".into(),
-            stock: "stock".into(),
-            error: "error".into(),
-        }
+        Topics { product: "product".into(), event: "event".into(), stock: "stock".into(), error: "error".into() }
     }
 }
 
@@ -108,14 +101,8 @@ impl std::fmt::Display for Reason {
             Reason::BadAmount { detail } => write!(f, "bad amount: {detail}"),
             Reason::BadType { detail } => write!(f, "bad type: {detail}"),
             Reason::UnknownProduct { id } => write!(f, "unknown product {id}"),
-            Reason::InsufficientStock {
-                requested,
-                available,
-            } => {
-                write!(
-                    f,
-                    "insufficient stock: OUT {requested} with {available} in stock"
-                )
+            Reason::InsufficientStock { requested, available } => {
+                write!(f, "insufficient stock: OUT {requested} with {available} in stock")
             }
         }
     }
@@ -136,12 +123,7 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(reason: Reason, record: String, source: Source) -> Self {
-        Rejection {
-            message: reason.to_string(),
-            reason,
-            record,
-            source,
-        }
+        Rejection { message: reason.to_string(), reason, record, source }
     }
 }
 
@@ -149,44 +131,21 @@ impl Rejection {
 /// positive integer `amount` and a `type` of `IN` or `OUT`.
 pub fn parse_movement(bytes: &[u8]) -> Result<Movement, Reason> {
     let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| Reason::MalformedJson {
-            detail: e.to_string(),
-        })?;
-    let object = value.as_object().ok_or_else(|| Reason::MalformedJson {
-        detail: format!("not an object: {value}"),
-    })?;
-    let field = |name: &str| {
-        object
-            .get(name)
-            .map_or_else(|| "missing".to_string(), |v| v.to_string())
-    };
-    let id = object
-        .get("id")
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| Reason::BadId {
-            detail: field("id"),
-        })?;
-    let amount = object
-        .get("amount")
-        .and_then(|v| v.as_i64())
-        .filter(|a| *a > 0)
-        .ok_or_else(|| Reason::BadAmount {
+        serde_json::from_slice(bytes).map_err(|e| Reason::MalformedJson { detail: e.to_string() })?;
+    let object =
+        value.as_object().ok_or_else(|| Reason::MalformedJson { detail: format!("not an object: {value}") })?;
+    let field = |name: &str| object.get(name).map_or_else(|| "missing".to_string(), |v| v.to_string());
+    let id = object.get("id").and_then(|v| v.as_u64()).ok_or_else(|| Reason::BadId { detail: field("id") })?;
+    let amount =
+        object.get("amount").and_then(|v| v.as_i64()).filter(|a| *a > 0).ok_or_else(|| Reason::BadAmount {
             detail: format!("{} (a positive integer is required)", field("amount")),
         })?;
     let direction = match object.get("type").and_then(|v| v.as_str()) {
         Some("IN") => Direction::In,
         Some("OUT") => Direction::Out,
-        _ => {
-            return Err(Reason::BadType {
-                detail: format!("{} (IN or OUT)", field("type")),
-            })
-        }
+        _ => return Err(Reason::BadType { detail: format!("{} (IN or OUT)", field("type")) }),
     };
-    Ok(Movement {
-        id,
-        amount,
-        direction,
-    })
+    Ok(Movement { id, amount, direction })
 }
 
 /// A valid movement on its way to the fold, with its source.
@@ -238,20 +197,13 @@ impl Processor for ParseMovements {
     ) -> stream_core::Result<()> {
         let source = ctx
             .record_metadata()
-            .map(|m| Source {
-                topic: m.topic.to_string(),
-                partition: m.partition,
-                offset: m.offset,
-            })
+            .map(|m| Source { topic: m.topic.to_string(), partition: m.partition, offset: m.offset })
             .ok_or_else(|| stream_core::StreamError::processing("movement without source"))?;
         let (key, parsed) = match parse_movement(&record.value) {
             Ok(movement) => (movement.id.to_string(), Ok(Envelope { movement, source })),
             Err(reason) => {
                 let text = String::from_utf8_lossy(&record.value).into_owned();
-                (
-                    String::from_utf8_lossy(&record.key).into_owned(),
-                    Err(Rejection::new(reason, text, source)),
-                )
+                (String::from_utf8_lossy(&record.key).into_owned(), Err(Rejection::new(reason, text, source)))
             }
         };
         ctx.forward(record.with_key_value(key, parsed))
@@ -273,33 +225,19 @@ impl StockFold {
         envelope: Envelope,
     ) -> stream_core::Result<Outcome> {
         let (Some(products), Some(stock)) = (&self.products, &self.stock) else {
-            return Err(stream_core::StreamError::processing(
-                "fold used before init",
-            ));
+            return Err(stream_core::StreamError::processing("fold used before init"));
         };
         let Envelope { movement, source } = envelope;
         let record = serde_json::to_string(&movement).unwrap_or_default();
         let Some(product) = ctx.store(products).get(key)? else {
-            return Ok(Outcome::Rejected(Rejection::new(
-                Reason::UnknownProduct { id: movement.id },
-                record,
-                source,
-            )));
+            return Ok(Outcome::Rejected(Rejection::new(Reason::UnknownProduct { id: movement.id }, record, source)));
         };
-        let old_stock = ctx
-            .store(stock)
-            .get(key)?
-            .unwrap_or(product.stock_available);
+        let old_stock = ctx.store(stock).get(key)?.unwrap_or(product.stock_available);
         let new_stock = old_stock.checked_add(movement.delta()).filter(|s| *s >= 0);
         let Some(new_stock) = new_stock else {
             let reason = match movement.direction {
-                Direction::Out => Reason::InsufficientStock {
-                    requested: movement.amount,
-                    available: old_stock,
-                },
-                Direction::In => Reason::BadAmount {
-                    detail: format!("{} overflows the stock", movement.amount),
-                },
+                Direction::Out => Reason::InsufficientStock { requested: movement.amount, available: old_stock },
+                Direction::In => Reason::BadAmount { detail: format!("{} overflows the stock", movement.amount) },
             };
             return Ok(Outcome::Rejected(Rejection::new(reason, record, source)));
         };
@@ -357,28 +295,19 @@ pub fn status_event(applied: &Applied) -> Event {
 /// Builds the OPSCI topology.
 pub fn build(topics: &Topics, policy: StatusPolicy) -> Result<Topology, TopologyError> {
     let builder = StreamsBuilder::new();
-    builder.table(
-        &topics.product,
-        Consumed::with(Utf8, Json::<Product>::new()),
-        PRODUCTS_STORE,
-    );
+    builder.table(&topics.product, Consumed::with(Utf8, Json::<Product>::new()), PRODUCTS_STORE);
     builder.add_state_store(STOCK_STORE);
     let rejected = || Produced::with(Utf8, Json::<Rejection>::new());
-    let parsed = builder
-        .stream(&topics.stock, Consumed::with(Bytes, Bytes))
-        .process("parse-movements", &[], || ParseMovements);
-    parsed
-        .flat_map_values(|p: Result<Envelope, Rejection>| p.err())
-        .to(&topics.error, rejected());
+    let parsed =
+        builder.stream(&topics.stock, Consumed::with(Bytes, Bytes)).process("parse-movements", &[], || ParseMovements);
+    parsed.flat_map_values(|p: Result<Envelope, Rejection>| p.err()).to(&topics.error, rejected());
     let outcomes = parsed
         .flat_map_values(|p: Result<Envelope, Rejection>| p.ok())
         .repartition(Repartitioned::with(Utf8, Json::new()).named("stock-by-product"))
-        .process("fold-stock", &[PRODUCTS_STORE, STOCK_STORE], move || {
-            StockFold {
-                policy,
-                products: None,
-                stock: None,
-            }
+        .process("fold-stock", &[PRODUCTS_STORE, STOCK_STORE], move || StockFold {
+            policy,
+            products: None,
+            stock: None,
         });
     outcomes
         .flat_map_values(|o: Outcome| match o {

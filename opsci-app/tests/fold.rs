@@ -12,13 +12,7 @@ use stream_core::serdes::{Bytes, Json, Utf8, I64};
 use stream_core::{StreamsConfig, TestDriver};
 
 fn product(id: u64, stock: i64) -> Product {
-    Product {
-        id,
-        name: format!("p{id}"),
-        description: String::new(),
-        stock_available: stock,
-        barcode: String::new(),
-    }
+    Product { id, name: format!("p{id}"), description: String::new(), stock_available: stock, barcode: String::new() }
 }
 
 fn driver(partitions: u32, policy: StatusPolicy) -> TestDriver {
@@ -36,10 +30,7 @@ fn parse_rejects_every_malformed_movement_with_its_reason() {
     assert!(parse_movement(br#"{"id":201,"amount":37,"type":"OUT"}"#).is_ok());
     let code = |json: &str| match parse_movement(json.as_bytes()) {
         Ok(m) => format!("ok {m:?}"),
-        Err(r) => serde_json::to_value(&r).unwrap()["code"]
-            .as_str()
-            .unwrap()
-            .to_string(),
+        Err(r) => serde_json::to_value(&r).unwrap()["code"].as_str().unwrap().to_string(),
     };
     assert_eq!(code("{not json"), "malformed_json");
     assert_eq!(code("[1,2]"), "malformed_json");
@@ -47,11 +38,7 @@ fn parse_rejects_every_malformed_movement_with_its_reason() {
     assert_eq!(code(r#"{"id":"7","amount":1,"type":"IN"}"#), "bad_id");
     assert_eq!(code(r#"{"id":-7,"amount":1,"type":"IN"}"#), "bad_id");
     for amount in ["0", "-3", "2.5", "\"4\"", "null"] {
-        assert_eq!(
-            code(&format!(r#"{{"id":7,"amount":{amount},"type":"IN"}}"#)),
-            "bad_amount",
-            "amount {amount}"
-        );
+        assert_eq!(code(&format!(r#"{{"id":7,"amount":{amount},"type":"IN"}}"#)), "bad_amount", "amount {amount}");
     }
     assert_eq!(code(r#"{"id":7,"type":"IN"}"#), "bad_amount");
     assert_eq!(code(r#"{"id":7,"amount":1,"type":"in"}"#), "bad_type");
@@ -64,8 +51,7 @@ fn rejections_reach_the_error_topic_with_reason_and_source() -> stream_core::Res
     let products = driver.input_topic("product", Utf8, Json::<Product>::new());
     products.pipe("1".into(), product(1, 10))?;
     let stock = driver.input_topic("stock", Bytes, Bytes);
-    let send =
-        |key: &str, value: &str| stock.pipe(key.as_bytes().to_vec(), value.as_bytes().to_vec());
+    let send = |key: &str, value: &str| stock.pipe(key.as_bytes().to_vec(), value.as_bytes().to_vec());
     send("1", r#"{"id":1,"amount":4,"type":"OUT"}"#)?; // 6 left
     send("1", r#"{"id":1,"amount":7,"type":"OUT"}"#)?; // overdraw: rejected
     send("9", r#"{"id":9,"amount":1,"type":"IN"}"#)?; // unknown product
@@ -73,10 +59,7 @@ fn rejections_reach_the_error_topic_with_reason_and_source() -> stream_core::Res
     send("1", "garbage")?;
     send("", r#"{"id":1,"amount":6,"type":"OUT"}"#)?; // keyless but valid: 0 left
 
-    assert_eq!(
-        driver.store(STOCK_STORE, Utf8, I64).get(&"1".to_string())?,
-        Some(0)
-    );
+    assert_eq!(driver.store(STOCK_STORE, Utf8, I64).get(&"1".to_string())?, Some(0));
     let rejections: Vec<Rejection> = driver
         .output_topic("error", Utf8, Json::<Rejection>::new())
         .read_key_values()?
@@ -85,46 +68,23 @@ fn rejections_reach_the_error_topic_with_reason_and_source() -> stream_core::Res
         .collect();
     let reasons: Vec<&Reason> = rejections.iter().map(|r| &r.reason).collect();
     assert_eq!(reasons.len(), 4);
-    assert!(reasons.contains(&&Reason::InsufficientStock {
-        requested: 7,
-        available: 6
-    }));
+    assert!(reasons.contains(&&Reason::InsufficientStock { requested: 7, available: 6 }));
     assert!(reasons.contains(&&Reason::UnknownProduct { id: 9 }));
-    assert!(
-        rejections
-            .iter()
-            .any(|r| matches!(r.reason, Reason::BadAmount { .. })
-                && r.record.contains("\"amount\":0"))
-    );
     assert!(rejections
         .iter()
-        .any(|r| matches!(r.reason, Reason::MalformedJson { .. }) && r.record == "garbage"));
+        .any(|r| matches!(r.reason, Reason::BadAmount { .. }) && r.record.contains("\"amount\":0")));
+    assert!(rejections.iter().any(|r| matches!(r.reason, Reason::MalformedJson { .. }) && r.record == "garbage"));
     for r in &rejections {
         assert_eq!(r.source.topic, "stock");
         assert!(!r.message.is_empty());
     }
     // Offsets are those of the stock topic: the overdraw was the 2nd record of key "1".
-    let overdraw = rejections
-        .iter()
-        .find(|r| matches!(r.reason, Reason::InsufficientStock { .. }))
-        .unwrap();
-    assert_eq!(
-        (overdraw.source.partition, overdraw.source.offset),
-        (stream_core::partition_for_key(b"1", 3), 1)
-    );
+    let overdraw = rejections.iter().find(|r| matches!(r.reason, Reason::InsufficientStock { .. })).unwrap();
+    assert_eq!((overdraw.source.partition, overdraw.source.offset), (stream_core::partition_for_key(b"1", 3), 1));
 
-    let events = driver
-        .output_topic("event", Utf8, Json::<Event>::new())
-        .read_key_values()?;
-    let statuses: Vec<_> = events
-        .iter()
-        .map(|(_, e)| {
-            (
-                e.metadata["old_status"].clone(),
-                e.metadata["status"].clone(),
-            )
-        })
-        .collect();
+    let events = driver.output_topic("event", Utf8, Json::<Event>::new()).read_key_values()?;
+    let statuses: Vec<_> =
+        events.iter().map(|(_, e)| (e.metadata["old_status"].clone(), e.metadata["status"].clone())).collect();
     assert_eq!(
         statuses,
         [(serde_json::json!("safe"), serde_json::json!("empty"))],
@@ -137,18 +97,10 @@ fn rejections_reach_the_error_topic_with_reason_and_source() -> stream_core::Res
 #[test]
 fn a_product_record_that_does_not_decode_is_dead_lettered() -> stream_core::Result<()> {
     let driver = driver(1, StatusPolicy::default());
-    driver
-        .input_topic("product", Bytes, Bytes)
-        .pipe(b"1".to_vec(), b"{\"id\":\"one\"}".to_vec())?;
+    driver.input_topic("product", Bytes, Bytes).pipe(b"1".to_vec(), b"{\"id\":\"one\"}".to_vec())?;
     let dead = driver.read_raw("error");
     assert_eq!(dead.len(), 1);
-    assert_eq!(
-        dead[0]
-            .record
-            .headers
-            .get_str(stream_core::dead_letter::TOPIC),
-        Some("product")
-    );
+    assert_eq!(dead[0].record.headers.get_str(stream_core::dead_letter::TOPIC), Some("product"));
     Ok(())
 }
 

@@ -17,20 +17,12 @@ pub struct SerdeError {
 impl SerdeError {
     /// A decoding failure in `format`.
     pub fn decode(format: &'static str, message: impl ToString) -> Self {
-        SerdeError {
-            format,
-            direction: "decode",
-            message: message.to_string(),
-        }
+        SerdeError { format, direction: "decode", message: message.to_string() }
     }
 
     /// An encoding failure in `format`.
     pub fn encode(format: &'static str, message: impl ToString) -> Self {
-        SerdeError {
-            format,
-            direction: "encode",
-            message: message.to_string(),
-        }
+        SerdeError { format, direction: "encode", message: message.to_string() }
     }
 }
 
@@ -56,9 +48,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// A processor asked for a store that is not connected to it.
-    #[error(
-        "store `{0}` is not connected to this processor (connect it when adding the processor)"
-    )]
+    #[error("store `{0}` is not connected to this processor (connect it when adding the processor)")]
     NotConnected(String),
     /// A stored key or value could not be encoded or decoded.
     #[error("store `{store}`: {source}")]

@@ -75,7 +75,7 @@ pub use partitioner::{murmur2, partition_for_key};
 pub use record::{Change, Headers, OutputRecord, RawRecord, Record, RecordMetadata};
 pub use testing::TestDriver;
 pub use topology::{
-    changelog_topic, Consumed, Grouped, KGroupedStream, KStream, KTable, Materialized,
-    PartitionPlan, Produced, Repartitioned, Split, StreamsBuilder, TaskId, TimeWindowedKStream,
-    TimeWindows, Topology, TopologyDescription, Window, Windowed, WindowedSerde,
+    changelog_topic, Consumed, Grouped, KGroupedStream, KStream, KTable, Materialized, PartitionPlan, Produced,
+    Repartitioned, Split, StreamsBuilder, TaskId, TimeWindowedKStream, TimeWindows, Topology, TopologyDescription,
+    Window, Windowed, WindowedSerde,
 };

@@ -55,29 +55,18 @@ mod tests {
             (b"foobar", -790_332_482),
             (b"a-little-bit-long-string", -985_981_536),
             (b"a-little-bit-longer-string", -1_486_304_829),
-            (
-                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
-                -58_897_971,
-            ),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
             (b"abc", 479_470_107),
         ];
         for (input, expected) in cases {
-            assert_eq!(
-                murmur2(input),
-                expected,
-                "murmur2({:?})",
-                String::from_utf8_lossy(input)
-            );
+            assert_eq!(murmur2(input), expected, "murmur2({:?})", String::from_utf8_lossy(input));
         }
     }
 
     #[test]
     fn partition_is_positive_hash_modulo_count() {
         // toPositive(-790332482) % 16
-        assert_eq!(
-            partition_for_key(b"foobar", 16),
-            ((-790_332_482i32 & 0x7fff_ffff) as u32) % 16
-        );
+        assert_eq!(partition_for_key(b"foobar", 16), ((-790_332_482i32 & 0x7fff_ffff) as u32) % 16);
         for n in 1..20 {
             assert!(partition_for_key(b"some key", n) < n);
         }

@@ -26,11 +26,7 @@ impl Headers {
 
     /// The last value of header `name`.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+        self.0.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
 
     /// The last value of header `name`, as UTF-8 text.
@@ -70,32 +66,17 @@ pub struct Record<K, V> {
 impl<K, V> Record<K, V> {
     /// A record with no headers.
     pub fn new(key: K, value: V, timestamp: i64) -> Self {
-        Record {
-            key,
-            value,
-            timestamp,
-            headers: Headers::new(),
-        }
+        Record { key, value, timestamp, headers: Headers::new() }
     }
 
     /// The same record with another key and value (timestamp and headers kept).
     pub fn with_key_value<K2, V2>(self, key: K2, value: V2) -> Record<K2, V2> {
-        Record {
-            key,
-            value,
-            timestamp: self.timestamp,
-            headers: self.headers,
-        }
+        Record { key, value, timestamp: self.timestamp, headers: self.headers }
     }
 
     /// The same record with another value.
     pub fn with_value<V2>(self, value: V2) -> Record<K, V2> {
-        Record {
-            key: self.key,
-            value,
-            timestamp: self.timestamp,
-            headers: self.headers,
-        }
+        Record { key: self.key, value, timestamp: self.timestamp, headers: self.headers }
     }
 }
 

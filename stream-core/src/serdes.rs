@@ -100,10 +100,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Serde<T> for Bincode<T> {
         let (value, read) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
             .map_err(|e| SerdeError::decode("bincode", e))?;
         if read != bytes.len() {
-            return Err(SerdeError::decode(
-                "bincode",
-                format!("{} trailing bytes", bytes.len() - read),
-            ));
+            return Err(SerdeError::decode("bincode", format!("{} trailing bytes", bytes.len() - read)));
         }
         Ok(value)
     }
@@ -119,9 +116,7 @@ impl Serde<String> for Utf8 {
         Ok(())
     }
     fn decode(&self, bytes: &[u8]) -> Result<String, SerdeError> {
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|e| SerdeError::decode("utf8", e))
+        std::str::from_utf8(bytes).map(str::to_owned).map_err(|e| SerdeError::decode("utf8", e))
     }
 }
 
@@ -150,9 +145,9 @@ impl Serde<i64> for I64 {
         Ok(())
     }
     fn decode(&self, bytes: &[u8]) -> Result<i64, SerdeError> {
-        let array: [u8; 8] = bytes.try_into().map_err(|_| {
-            SerdeError::decode("i64", format!("expected 8 bytes, got {}", bytes.len()))
-        })?;
+        let array: [u8; 8] = bytes
+            .try_into()
+            .map_err(|_| SerdeError::decode("i64", format!("expected 8 bytes, got {}", bytes.len())))?;
         Ok(i64::from_be_bytes(array))
     }
 }
@@ -175,26 +170,17 @@ mod tests {
         assert_eq!(json.decode(&json.encode(&m).unwrap()).unwrap(), m);
         let bin = Bincode::<Movement>::new();
         assert_eq!(bin.decode(&bin.encode(&m).unwrap()).unwrap(), m);
-        assert_eq!(
-            Utf8.decode(&Utf8.encode(&"é".to_string()).unwrap())
-                .unwrap(),
-            "é"
-        );
+        assert_eq!(Utf8.decode(&Utf8.encode(&"é".to_string()).unwrap()).unwrap(), "é");
         assert_eq!(Bytes.decode(&[1, 2]).unwrap(), vec![1, 2]);
         assert_eq!(I64.decode(&I64.encode(&-5).unwrap()).unwrap(), -5);
     }
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        let e = Json::<Movement>::new()
-            .decode(b"{\"id\": \"x\"}")
-            .unwrap_err();
+        let e = Json::<Movement>::new().decode(b"{\"id\": \"x\"}").unwrap_err();
         assert_eq!((e.format, e.direction), ("json", "decode"));
         assert!(Bincode::<Movement>::new().decode(&[0xff]).is_err());
-        assert!(
-            Bincode::<u8>::new().decode(&[1, 2]).is_err(),
-            "trailing bytes are rejected"
-        );
+        assert!(Bincode::<u8>::new().decode(&[1, 2]).is_err(), "trailing bytes are rejected");
         assert!(Utf8.decode(&[0xff, 0xfe]).is_err());
         assert!(I64.decode(&[1, 2, 3]).is_err());
     }

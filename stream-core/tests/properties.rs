@@ -11,15 +11,11 @@ use stream_core::serdes::{Bincode, Utf8, I64};
 use stream_core::state::{InMemoryStore, KeyValueStore, RocksDbInstance};
 use stream_core::testing::TestRecord;
 use stream_core::{
-    partition_for_key, Consumed, Grouped, Materialized, StreamsBuilder, TestDriver, TimeWindows,
-    WindowedSerde,
+    partition_for_key, Consumed, Grouped, Materialized, StreamsBuilder, TestDriver, TimeWindows, WindowedSerde,
 };
 
 fn records() -> impl Strategy<Value = Vec<(String, i64)>> {
-    prop::collection::vec(
-        ((0u8..24).prop_map(|k| format!("key-{k}")), -1_000i64..1_000),
-        0..200,
-    )
+    prop::collection::vec(((0u8..24).prop_map(|k| format!("key-{k}")), -1_000i64..1_000), 0..200)
 }
 
 /// Folds `records` through count / reduce (max) / aggregate (sum, and the
@@ -43,16 +39,11 @@ fn run_folds(records: &[(String, i64)], partitions: u32, rekey: bool) -> TestDri
         },
         Materialized::new("all", Bincode::new()),
     );
-    let driver = TestDriver::builder(builder.build().unwrap())
-        .partitions(partitions)
-        .build()
-        .unwrap();
+    let driver = TestDriver::builder(builder.build().unwrap()).partitions(partitions).build().unwrap();
     let input = driver.input_topic("in", Utf8, I64);
     for (i, (k, v)) in records.iter().enumerate() {
         if i % 7 == 0 {
-            input
-                .pipe_batch([TestRecord::new(k.clone(), *v, i as i64)])
-                .unwrap();
+            input.pipe_batch([TestRecord::new(k.clone(), *v, i as i64)]).unwrap();
         } else {
             input.pipe_at(k.clone(), *v, i as i64).unwrap();
         }

@@ -26,10 +26,7 @@ pub struct Broker {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
 /// Where the broker binary is.
@@ -73,26 +70,16 @@ impl Broker {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start the test broker {}: {e} (run .ci/run to install it)",
-                    binary.display()
-                )
+                panic!("cannot start the test broker {}: {e} (run .ci/run to install it)", binary.display())
             });
-        let mut broker = Broker {
-            child,
-            bootstrap: format!("127.0.0.1:{port}"),
-            dir,
-        };
+        let mut broker = Broker { child, bootstrap: format!("127.0.0.1:{port}"), dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(&broker.bootstrap).is_err() {
             if let Ok(Some(status)) = broker.child.try_wait() {
                 panic!("the test broker exited ({status}):\n{}", broker.log());
             }
             if Instant::now() > deadline {
-                panic!(
-                    "the test broker did not listen within 30 s:\n{}",
-                    broker.log()
-                );
+                panic!("the test broker did not listen within 30 s:\n{}", broker.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -116,20 +103,16 @@ impl Broker {
     /// A client configuration pointing at this broker.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("broker.address.family", "v4");
+        config.set("bootstrap.servers", &self.bootstrap).set("broker.address.family", "v4");
         config
     }
 
     /// Creates `topic` with `partitions` partitions.
     pub fn create_topic(&self, topic: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> =
-            self.client_config().create().expect("admin client");
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create().expect("admin client");
         let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = futures::executor::block_on(admin.create_topics([&new_topic], &options))
-            .expect("create topics");
+        let results = futures::executor::block_on(admin.create_topics([&new_topic], &options)).expect("create topics");
         for result in results {
             if let Err((name, code)) = result {
                 panic!("cannot create topic {name}: {code}");

@@ -27,22 +27,15 @@ fn read_all(
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
-        assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition");
+        assignment.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
     }
     consumer.assign(&assignment).expect("assign");
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done(&seen) && Instant::now() < deadline {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            let text =
-                |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
-            seen.push((
-                message.partition(),
-                text(message.key()),
-                text(message.payload()),
-            ));
+            let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+            seen.push((message.partition(), text(message.key()), text(message.payload())));
         }
     }
     seen
@@ -52,28 +45,17 @@ fn read_all(
 fn keyed_records_land_on_the_murmur2_partition() {
     let broker = Broker::start();
     broker.create_topic("keys", 6);
-    let producer: BaseProducer = broker
-        .client_config()
-        .set("partitioner", "murmur2_random")
-        .create()
-        .expect("producer");
+    let producer: BaseProducer =
+        broker.client_config().set("partitioner", "murmur2_random").create().expect("producer");
     let keys: Vec<String> = (0..60).map(|i| format!("product-{i}")).collect();
     for key in &keys {
-        producer
-            .send(BaseRecord::to("keys").key(key).payload("v"))
-            .expect("send");
+        producer.send(BaseRecord::to("keys").key(key).payload("v")).expect("send");
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
-    let seen = read_all(&broker, "keys", 6, "read_uncommitted", |s| {
-        s.len() >= keys.len()
-    });
+    let seen = read_all(&broker, "keys", 6, "read_uncommitted", |s| s.len() >= keys.len());
     assert_eq!(seen.len(), keys.len());
     for (partition, key, _) in seen {
-        assert_eq!(
-            partition as u32,
-            stream_core::partition_for_key(key.as_bytes(), 6),
-            "key {key}"
-        );
+        assert_eq!(partition as u32, stream_core::partition_for_key(key.as_bytes(), 6), "key {key}");
     }
 }
 
@@ -94,15 +76,10 @@ fn aborted_transactions_are_visible_to_read_committed_consumers_on_the_test_brok
         .create()
         .expect("transactional producer");
     let timeout = Duration::from_secs(10);
-    producer
-        .init_transactions(timeout)
-        .expect("init transactions");
+    producer.init_transactions(timeout).expect("init transactions");
     let write = |value: &str, commit: bool| {
         producer.begin_transaction().expect("begin");
-        producer
-            .send(BaseRecord::to("txn").key("k").payload(value))
-            .map_err(|(e, _)| e)
-            .expect("send");
+        producer.send(BaseRecord::to("txn").key("k").payload(value)).map_err(|(e, _)| e).expect("send");
         producer.flush(timeout).expect("flush");
         if commit {
             producer.commit_transaction(timeout).expect("commit");
@@ -114,9 +91,7 @@ fn aborted_transactions_are_visible_to_read_committed_consumers_on_the_test_brok
     write("aborted", false);
     write("committed-2", true);
 
-    let seen = read_all(&broker, "txn", 1, "read_committed", |s| {
-        s.iter().any(|(_, _, v)| v == "committed-2")
-    });
+    let seen = read_all(&broker, "txn", 1, "read_committed", |s| s.iter().any(|(_, _, v)| v == "committed-2"));
     let values: Vec<&str> = seen.iter().map(|(_, _, v)| v.as_str()).collect();
     let counts = values.iter().fold(BTreeMap::new(), |mut m, v| {
         *m.entry(*v).or_insert(0) += 1;
@@ -141,29 +116,14 @@ fn aborted_transactions_are_visible_to_read_committed_consumers_on_the_test_brok
 fn the_high_watermark_is_under_reported_on_the_test_broker() {
     let broker = Broker::start();
     broker.create_topic("marks", 1);
-    let producer: BaseProducer = broker
-        .client_config()
-        .set("linger.ms", "200")
-        .create()
-        .expect("producer");
+    let producer: BaseProducer = broker.client_config().set("linger.ms", "200").create().expect("producer");
     for i in 0..50 {
-        producer
-            .send(BaseRecord::to("marks").key("k").payload(&format!("{i}")))
-            .expect("send");
+        producer.send(BaseRecord::to("marks").key("k").payload(&format!("{i}"))).expect("send");
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
     let seen = read_all(&broker, "marks", 1, "read_uncommitted", |s| s.len() >= 50);
     assert_eq!(seen.len(), 50, "the records are all there");
-    let consumer: BaseConsumer = broker
-        .client_config()
-        .set("group.id", "marks")
-        .create()
-        .expect("consumer");
-    let (_, high) = consumer
-        .fetch_watermarks("marks", 0, Duration::from_secs(10))
-        .expect("watermarks");
-    assert!(
-        high < 50,
-        "Apache Kafka reports 50 here; the test broker reported {high}"
-    );
+    let consumer: BaseConsumer = broker.client_config().set("group.id", "marks").create().expect("consumer");
+    let (_, high) = consumer.fetch_watermarks("marks", 0, Duration::from_secs(10)).expect("watermarks");
+    assert!(high < 50, "Apache Kafka reports 50 here; the test broker reported {high}");
 }

@@ -7,13 +7,12 @@ use std::time::{Duration, Instant};
 
 use integration_tests::Broker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use stream_core::runtime::{Runtime, RuntimeConfig};
+use stream_core::runtime::{provenance, Runtime, RuntimeConfig};
 use stream_core::serdes::{Utf8, I64};
-use stream_core::{
-    Consumed, Grouped, Materialized, Produced, StreamsBuilder, StreamsConfig, Topology,
-};
+use stream_core::{Consumed, Grouped, Materialized, Produced, StreamsBuilder, StreamsConfig, Topology};
 
 const PARTITIONS: i32 = 4;
 
@@ -22,11 +21,7 @@ fn topology() -> Topology {
     builder
         .stream("movements", Consumed::with(Utf8, I64))
         .group_by_key(Grouped::with(Utf8, I64))
-        .aggregate(
-            || 0,
-            |_, amount, total| total + amount,
-            Materialized::new("totals", I64),
-        )
+        .aggregate(|| 0, |_, amount, total| total + amount, Materialized::new("totals", I64))
         .to_stream()
         .to("totals", Produced::with(Utf8, I64));
     builder.build().expect("topology")
@@ -34,23 +29,13 @@ fn topology() -> Topology {
 
 /// Produces `count` movements starting at sequence `from`; returns them.
 fn produce(broker: &Broker, from: i64, count: i64) -> Vec<(String, i64)> {
-    let producer: BaseProducer = broker
-        .client_config()
-        .set("partitioner", "murmur2_random")
-        .create()
-        .expect("producer");
-    let movements: Vec<(String, i64)> = (from..from + count)
-        .map(|i| (format!("product-{}", i % 30), i % 17 - 8))
-        .collect();
+    let producer: BaseProducer =
+        broker.client_config().set("partitioner", "murmur2_random").create().expect("producer");
+    let movements: Vec<(String, i64)> =
+        (from..from + count).map(|i| (format!("product-{}", i % 30), i % 17 - 8)).collect();
     for (key, amount) in &movements {
         let value = amount.to_be_bytes();
-        producer
-            .send(
-                BaseRecord::to("movements")
-                    .key(key.as_str())
-                    .payload(&value[..]),
-            )
-            .expect("send");
+        producer.send(BaseRecord::to("movements").key(key.as_str()).payload(&value[..])).expect("send");
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
@@ -62,35 +47,37 @@ fn run(broker: &Broker, count: u64) -> u64 {
     let config = RuntimeConfig::new(StreamsConfig::new("fold-app"), broker.bootstrap());
     let mut runtime = Runtime::new(topology(), config).expect("runtime");
     let deadline = Instant::now() + Duration::from_secs(60);
-    runtime
-        .run(|m| m.records_in >= count || Instant::now() > deadline)
-        .expect("run");
+    runtime.run(|m| m.records_in >= count || Instant::now() > deadline).expect("run");
     runtime.metrics().records_in
 }
 
-/// The latest total per key on the `totals` topic, once `expected` records were read.
+/// The latest total per key on the `totals` topic, once `expected` records
+/// were read; checks that each record names a distinct input record.
 fn read_totals(broker: &Broker, expected: usize) -> BTreeMap<String, i64> {
-    let consumer: BaseConsumer = broker
-        .client_config()
-        .set("group.id", "totals-reader")
-        .create()
-        .expect("consumer");
+    let consumer: BaseConsumer = broker.client_config().set("group.id", "totals-reader").create().expect("consumer");
     let mut assignment = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        assignment
-            .add_partition_offset("totals", p, Offset::Beginning)
-            .expect("partition");
+        assignment.add_partition_offset("totals", p, Offset::Beginning).expect("partition");
     }
     consumer.assign(&assignment).expect("assign");
-    let (mut totals, mut read) = (BTreeMap::new(), 0);
+    let (mut totals, mut read, mut sources) = (BTreeMap::new(), 0, std::collections::BTreeSet::new());
     let deadline = Instant::now() + Duration::from_secs(30);
     while read < expected && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
             let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-            let value =
-                i64::from_be_bytes(m.payload().unwrap_or_default().try_into().expect("8 bytes"));
+            let value = i64::from_be_bytes(m.payload().unwrap_or_default().try_into().expect("8 bytes"));
             totals.insert(key, value);
             read += 1;
+            let headers = m.headers().expect("provenance headers");
+            let header = |name: &str| {
+                let h = headers.iter().find(|h| h.key == name).unwrap_or_else(|| panic!("header {name}"));
+                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()
+            };
+            assert_eq!(header(provenance::TOPIC), "movements");
+            assert!(
+                sources.insert((header(provenance::PARTITION), header(provenance::OFFSET))),
+                "one output per input"
+            );
         }
     }
     assert_eq!(read, expected, "records on the totals topic");
@@ -98,12 +85,10 @@ fn read_totals(broker: &Broker, expected: usize) -> BTreeMap<String, i64> {
 }
 
 fn fold(movements: &[(String, i64)]) -> BTreeMap<String, i64> {
-    movements
-        .iter()
-        .fold(BTreeMap::new(), |mut totals, (key, amount)| {
-            *totals.entry(key.clone()).or_insert(0) += amount;
-            totals
-        })
+    movements.iter().fold(BTreeMap::new(), |mut totals, (key, amount)| {
+        *totals.entry(key.clone()).or_insert(0) += amount;
+        totals
+    })
 }
 
 #[test]
@@ -119,10 +104,6 @@ fn a_restarted_application_restores_its_state_from_the_changelog() {
     // A new instance, with no local state (in-memory stores): what it knows of
     // the first run comes from the changelog topic.
     movements.extend(produce(&broker, 3_000, 1_000));
-    assert_eq!(
-        run(&broker, 1_000),
-        1_000,
-        "the committed offsets were kept"
-    );
+    assert_eq!(run(&broker, 1_000), 1_000, "the committed offsets were kept");
     assert_eq!(read_totals(&broker, 4_000), fold(&movements));
 }

@@ -50,21 +50,11 @@ pub struct RowError {
 /// column is one error for line 1.
 pub fn parse(kind: Kind, input: impl Read) -> Vec<Result<Row, RowError>> {
     let delimiter = if kind == Kind::Events { b';' } else { b',' };
-    let mut reader = ::csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .flexible(true)
-        .from_reader(input);
+    let mut reader = ::csv::ReaderBuilder::new().delimiter(delimiter).flexible(true).from_reader(input);
     let headers = match reader.headers() {
-        Ok(h) => h
-            .iter()
-            .map(|c| c.trim().to_ascii_lowercase())
-            .collect::<Vec<_>>(),
+        Ok(h) => h.iter().map(|c| c.trim().to_ascii_lowercase()).collect::<Vec<_>>(),
         Err(e) => {
-            return vec![Err(RowError {
-                line: 1,
-                reason: format!("unreadable header: {e}"),
-                text: String::new(),
-            })]
+            return vec![Err(RowError { line: 1, reason: format!("unreadable header: {e}"), text: String::new() })]
         }
     };
     let required: &[&str] = match kind {
@@ -74,41 +64,23 @@ pub fn parse(kind: Kind, input: impl Read) -> Vec<Result<Row, RowError>> {
     };
     if let Some(missing) = required.iter().find(|c| !headers.iter().any(|h| h == *c)) {
         let text = headers.join(&(delimiter as char).to_string());
-        return vec![Err(RowError {
-            line: 1,
-            reason: format!("header has no `{missing}` column"),
-            text,
-        })];
+        return vec![Err(RowError { line: 1, reason: format!("header has no `{missing}` column"), text })];
     }
     // Optional trailing columns (such as `status`) may be left out of a row.
-    let needed = required
-        .iter()
-        .filter_map(|c| headers.iter().position(|h| h == c))
-        .max()
-        .map_or(0, |i| i + 1);
+    let needed = required.iter().filter_map(|c| headers.iter().position(|h| h == c)).max().map_or(0, |i| i + 1);
     let mut rows = Vec::new();
     for (index, record) in reader.records().enumerate() {
         let record = match record {
             Ok(r) => r,
             Err(e) => {
                 let line = e.position().map_or(index as u64 + 2, |p| p.line());
-                rows.push(Err(RowError {
-                    line,
-                    reason: format!("unreadable row: {e}"),
-                    text: String::new(),
-                }));
+                rows.push(Err(RowError { line, reason: format!("unreadable row: {e}"), text: String::new() }));
                 continue;
             }
         };
         let line = record.position().map_or(index as u64 + 2, |p| p.line());
-        let text = record
-            .iter()
-            .collect::<Vec<_>>()
-            .join(&(delimiter as char).to_string());
-        let fields = Fields {
-            headers: &headers,
-            record: &record,
-        };
+        let text = record.iter().collect::<Vec<_>>().join(&(delimiter as char).to_string());
+        let fields = Fields { headers: &headers, record: &record };
         let parsed = if record.len() < needed {
             Err(format!("expected {needed} fields, found {}", record.len()))
         } else {
@@ -119,11 +91,7 @@ pub fn parse(kind: Kind, input: impl Read) -> Vec<Result<Row, RowError>> {
             }
         };
         rows.push(match parsed {
-            Ok((key, value)) => Ok(Row {
-                line,
-                key,
-                value: value.to_string(),
-            }),
+            Ok((key, value)) => Ok(Row { line, key, value: value.to_string() }),
             Err(reason) => Err(RowError { line, reason, text }),
         });
     }
@@ -146,25 +114,17 @@ impl<'r> Fields<'r> {
     /// The trimmed field of column `name`, empty when absent.
     fn get(&self, name: &str) -> &'r str {
         let record = self.record;
-        self.headers
-            .iter()
-            .position(|h| h == name)
-            .and_then(|i| record.get(i))
-            .map(str::trim)
-            .unwrap_or_default()
+        self.headers.iter().position(|h| h == name).and_then(|i| record.get(i)).map(str::trim).unwrap_or_default()
     }
 }
 
 fn integer(field: &str, what: &str) -> Result<i64, String> {
-    field
-        .parse::<i64>()
-        .map_err(|_| format!("{what} is not an integer: {field:?}"))
+    field.parse::<i64>().map_err(|_| format!("{what} is not an integer: {field:?}"))
 }
 
 fn product(field: &Fields<'_>, position: u64) -> Parsed {
     let id = if field.has("id") {
-        u64::try_from(integer(field.get("id"), "id")?)
-            .map_err(|_| format!("id is negative: {:?}", field.get("id")))?
+        u64::try_from(integer(field.get("id"), "id")?).map_err(|_| format!("id is negative: {:?}", field.get("id")))?
     } else {
         position
     };
@@ -187,22 +147,16 @@ fn product(field: &Fields<'_>, position: u64) -> Parsed {
 }
 
 fn event(field: &Fields<'_>) -> Parsed {
-    let metadata: serde_json::Value = serde_json::from_str(field.get("metadata"))
-        .map_err(|e| format!("metadata is not JSON: {e}"))?;
-    Ok((
-        None,
-        json!({ "value": field.get("value"), "metadata": metadata }),
-    ))
+    let metadata: serde_json::Value =
+        serde_json::from_str(field.get("metadata")).map_err(|e| format!("metadata is not JSON: {e}"))?;
+    Ok((None, json!({ "value": field.get("value"), "metadata": metadata })))
 }
 
 fn movement(field: &Fields<'_>) -> Parsed {
     let id = integer(field.get("id"), "id")?;
     let amount = integer(field.get("amount"), "amount")?;
     // The type is passed on as written: the topology validates movements.
-    Ok((
-        Some(id.to_string()),
-        json!({ "id": id, "amount": amount, "type": field.get("type") }),
-    ))
+    Ok((Some(id.to_string()), json!({ "id": id, "amount": amount, "type": field.get("type") })))
 }
 
 #[cfg(test)]
@@ -212,10 +166,7 @@ mod tests {
     fn values(kind: Kind, text: &str) -> Vec<Result<(Option<String>, String), (u64, String)>> {
         parse(kind, text.as_bytes())
             .into_iter()
-            .map(|r| {
-                r.map(|row| (row.key, row.value))
-                    .map_err(|e| (e.line, e.reason))
-            })
+            .map(|r| r.map(|row| (row.key, row.value)).map_err(|e| (e.line, e.reason)))
             .collect()
     }
 
@@ -230,61 +181,34 @@ mod tests {
         assert_eq!(key.as_deref(), Some("1"));
         let v: serde_json::Value = serde_json::from_str(&value).unwrap();
         assert_eq!(
-            (
-                v["name"].as_str(),
-                v["description"].as_str(),
-                v["stock_available"].as_i64()
-            ),
+            (v["name"].as_str(), v["description"].as_str(), v["stock_available"].as_i64()),
             (Some("Pear, green"), Some("says \"hi\""), Some(12))
         );
         assert_eq!(rows[1].clone().unwrap_err().0, 3);
         assert!(rows[1].clone().unwrap_err().1.contains("stock_available"));
-        assert_eq!(
-            rows[2].clone().unwrap().0.as_deref(),
-            Some("3"),
-            "ids follow the file order, bad rows included"
-        );
+        assert_eq!(rows[2].clone().unwrap().0.as_deref(), Some("3"), "ids follow the file order, bad rows included");
     }
 
     #[test]
     fn products_with_an_id_column_keep_their_ids() {
-        let rows = values(
-            Kind::Products,
-            "id,name,description,stock_available,barcode\n42,Pear,,1,0\n-1,Fig,,1,0\n",
-        );
+        let rows = values(Kind::Products, "id,name,description,stock_available,barcode\n42,Pear,,1,0\n-1,Fig,,1,0\n");
         assert_eq!(rows[0].clone().unwrap().0.as_deref(), Some("42"));
         assert!(rows[1].is_err());
     }
 
     #[test]
     fn events_are_semicolon_separated_with_json_metadata() {
-        let rows = values(
-            Kind::Events,
-            "value;metadata\nsale;{\"shop\": 3}\noops;{not json\nshort\n",
-        );
+        let rows = values(Kind::Events, "value;metadata\nsale;{\"shop\": 3}\noops;{not json\nshort\n");
         let v: serde_json::Value = serde_json::from_str(&rows[0].clone().unwrap().1).unwrap();
         assert_eq!(v["metadata"]["shop"], 3);
-        assert!(rows[1]
-            .clone()
-            .unwrap_err()
-            .1
-            .contains("metadata is not JSON"));
+        assert!(rows[1].clone().unwrap_err().1.contains("metadata is not JSON"));
         assert!(rows[2].clone().unwrap_err().1.contains("expected 2 fields"));
     }
 
     #[test]
     fn stock_rows_need_integer_ids_and_amounts() {
-        let rows = values(
-            Kind::Stock,
-            "id,amount,type\n201,37,OUT\n3,ten,IN\nx,1,IN\n5,0,SIDEWAYS\n",
-        );
-        assert_eq!(
-            rows[0].clone().unwrap(),
-            (
-                Some("201".into()),
-                r#"{"amount":37,"id":201,"type":"OUT"}"#.into()
-            )
-        );
+        let rows = values(Kind::Stock, "id,amount,type\n201,37,OUT\n3,ten,IN\nx,1,IN\n5,0,SIDEWAYS\n");
+        assert_eq!(rows[0].clone().unwrap(), (Some("201".into()), r#"{"amount":37,"id":201,"type":"OUT"}"#.into()));
         assert!(rows[1].clone().unwrap_err().1.contains("amount"));
         assert!(rows[2].clone().unwrap_err().1.contains("id"));
         assert!(rows[3].is_ok(), "semantic checks belong to the topology");

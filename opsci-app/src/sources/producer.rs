@@ -83,10 +83,7 @@ fn topic_of<'a>(kind: Kind, topics: &'a Topics) -> &'a str {
 }
 
 /// Sends `record`, waiting for room in the producer's queue when it is full.
-fn send(
-    producer: &BaseProducer<Deliveries>,
-    mut record: BaseRecord<'_, str, str>,
-) -> Result<(), KafkaError> {
+fn send(producer: &BaseProducer<Deliveries>, mut record: BaseRecord<'_, str, str>) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -104,10 +101,7 @@ fn send(
 /// go to the error topic as JSON naming the file, line and reason. Shows a
 /// progress bar when stderr is a terminal.
 pub fn produce(config: &KafkaConfig, kind: Kind, path: &Path) -> Result<Summary, ProduceError> {
-    let io = |source| ProduceError::Io {
-        path: path.display().to_string(),
-        source,
-    };
+    let io = |source| ProduceError::Io { path: path.display().to_string(), source };
     let rows = parse(kind, std::fs::File::open(path).map_err(io)?);
     let mut client = ClientConfig::new();
     client
@@ -127,10 +121,7 @@ pub fn produce(config: &KafkaConfig, kind: Kind, path: &Path) -> Result<Summary,
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let file = path.display().to_string();
-    let mut summary = Summary {
-        rows: rows.len() as u64,
-        ..Summary::default()
-    };
+    let mut summary = Summary { rows: rows.len() as u64, ..Summary::default() };
     for row in rows {
         match row {
             Ok(row) => {
@@ -146,10 +137,7 @@ pub fn produce(config: &KafkaConfig, kind: Kind, path: &Path) -> Result<Summary,
                     "file": file, "line": error.line, "reason": error.reason, "row": error.text, "topic": topic,
                 })
                 .to_string();
-                send(
-                    &producer,
-                    BaseRecord::to(&config.topics.error).payload(value.as_str()),
-                )?;
+                send(&producer, BaseRecord::to(&config.topics.error).payload(value.as_str()))?;
                 summary.rejected += 1;
             }
         }

@@ -121,11 +121,7 @@ pub struct StoreHandle<K, V> {
 
 impl<K, V> Clone for StoreHandle<K, V> {
     fn clone(&self) -> Self {
-        StoreHandle {
-            index: self.index,
-            keys: self.keys.clone(),
-            values: self.values.clone(),
-        }
+        StoreHandle { index: self.index, keys: self.keys.clone(), values: self.values.clone() }
     }
 }
 
@@ -166,24 +162,12 @@ impl<K: Data, V: Data> ProcessorContext<'_, K, V> {
         values: impl Serde<SV>,
     ) -> Result<StoreHandle<SK, SV>, StoreError> {
         let index = self.core.store_index(self.node, name)?;
-        Ok(StoreHandle {
-            index,
-            keys: Arc::new(keys),
-            values: Arc::new(values),
-        })
+        Ok(StoreHandle { index, keys: Arc::new(keys), values: Arc::new(values) })
     }
 
     /// The typed store behind `handle`.
-    pub fn store<'s, SK: 'static, SV: 'static>(
-        &'s mut self,
-        handle: &'s StoreHandle<SK, SV>,
-    ) -> Store<'s, SK, SV> {
-        Store::new(
-            self.core.stores[handle.index].as_mut(),
-            &*handle.keys,
-            &*handle.values,
-            &self.core.scratch,
-        )
+    pub fn store<'s, SK: 'static, SV: 'static>(&'s mut self, handle: &'s StoreHandle<SK, SV>) -> Store<'s, SK, SV> {
+        Store::new(self.core.stores[handle.index].as_mut(), &*handle.keys, &*handle.values, &self.core.scratch)
     }
 
     /// Calls [`Processor::punctuate`] every `interval` of the given clock.

@@ -14,10 +14,7 @@ use crate::topology::{PartitionPlan, Topology};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The partition count of `topic`, `None` when it does not exist.
-pub(crate) fn partition_count(
-    consumer: &BaseConsumer,
-    topic: &str,
-) -> Result<Option<u32>, KafkaError> {
+pub(crate) fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<Option<u32>, KafkaError> {
     let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
     Ok(metadata
         .topics()
@@ -38,8 +35,7 @@ pub(crate) fn prepare_topics(
     let app = &config.streams.application_id;
     let mut counts = std::collections::BTreeMap::new();
     for topic in topology.source_topics() {
-        let n = partition_count(consumer, &topic)?
-            .ok_or_else(|| TopologyError::UnknownTopic(topic.clone()))?;
+        let n = partition_count(consumer, &topic)?.ok_or_else(|| TopologyError::UnknownTopic(topic.clone()))?;
         counts.insert(topic, n);
     }
     let plan = topology.partition_plan(app, |t| counts.get(t).copied())?;
@@ -48,11 +44,7 @@ pub(crate) fn prepare_topics(
     for (topic, &expected) in plan.topics.iter().filter(|(t, _)| !counts.contains_key(*t)) {
         match partition_count(consumer, topic)? {
             Some(found) if found != expected => {
-                return Err(RuntimeError::PartitionMismatch {
-                    topic: topic.clone(),
-                    expected,
-                    found,
-                })
+                return Err(RuntimeError::PartitionMismatch { topic: topic.clone(), expected, found })
             }
             Some(_) => {}
             None => missing.push((topic.clone(), expected)),

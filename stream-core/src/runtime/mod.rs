@@ -32,6 +32,18 @@ use crate::record::{Headers, OutputRecord, RawRecord, RecordMetadata};
 use crate::task::Task;
 use crate::topology::{TaskId, Topology};
 
+/// Header names of the provenance the runtime adds to every output record
+/// produced while processing an input record: where that input was read.
+/// A consumer can de-duplicate on them; a reader can trace a result to its input.
+pub mod provenance {
+    /// Source topic.
+    pub const TOPIC: &str = "stream.source.topic";
+    /// Source partition, as decimal text.
+    pub const PARTITION: &str = "stream.source.partition";
+    /// Source offset, as decimal text.
+    pub const OFFSET: &str = "stream.source.offset";
+}
+
 /// Settings of the Kafka runtime.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -110,9 +122,7 @@ pub struct Runtime {
 }
 
 fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Runtime {
@@ -197,10 +207,7 @@ impl Runtime {
             let Some(&subtopology) = self.readers.get(&topic) else {
                 return Ok(());
             };
-            let id = TaskId {
-                subtopology,
-                partition: partition as u32,
-            };
+            let id = TaskId { subtopology, partition: partition as u32 };
             let mut headers = Headers::new();
             if let Some(h) = message.headers() {
                 for header in h.iter() {
@@ -217,19 +224,13 @@ impl Runtime {
             if !self.tasks.contains_key(&id) {
                 self.open_task(id)?;
             }
+            let meta = RecordMetadata { topic: Arc::from(topic.as_str()), partition: id.partition, offset };
             if let Some(task) = self.tasks.get_mut(&id) {
-                task.process(
-                    RecordMetadata {
-                        topic: Arc::from(topic.as_str()),
-                        partition: id.partition,
-                        offset,
-                    },
-                    raw,
-                )?;
+                task.process(meta.clone(), raw)?;
                 task.swap_output(&mut self.output);
             }
             self.positions.insert((topic, partition), offset + 1);
-            self.send_output()?;
+            self.send_output(Some(&meta))?;
         }
         if self.last_commit.elapsed() >= self.config.commit_interval {
             let now = now_millis();
@@ -243,31 +244,26 @@ impl Runtime {
     }
 
     fn open_task(&mut self, id: TaskId) -> Result<(), RuntimeError> {
-        let mut task = Task::new(
-            &self.topology,
-            id,
-            &self.config.streams,
-            self.partitions.clone(),
-            now_millis(),
-        )?;
+        let mut task = Task::new(&self.topology, id, &self.config.streams, self.partitions.clone(), now_millis())?;
         restore::restore(&self.config, &mut task, id)?;
         self.tasks.insert(id, task);
         Ok(())
     }
 
-    /// Produces the records in `self.output`.
-    fn send_output(&mut self) -> Result<(), RuntimeError> {
+    /// Produces the records in `self.output`, with the provenance of `source`
+    /// (replacing any provenance they carried from upstream).
+    fn send_output(&mut self, source: Option<&RecordMetadata>) -> Result<(), RuntimeError> {
+        let provenance = source.map(|m| [m.topic.to_string(), m.partition.to_string(), m.offset.to_string()]);
+        let names = [provenance::TOPIC, provenance::PARTITION, provenance::OFFSET];
         for record in self.output.drain(..) {
-            let mut headers = OwnedHeaders::new_with_capacity(record.record.headers.len());
-            for (key, value) in record.record.headers.iter() {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value),
-                });
+            let mut headers = OwnedHeaders::new_with_capacity(record.record.headers.len() + 3);
+            for (key, value) in record.record.headers.iter().filter(|(k, _)| !names.contains(k)) {
+                headers = headers.insert(Header { key, value: Some(value) });
             }
-            let mut out = BaseRecord::to(&record.topic)
-                .timestamp(record.record.timestamp)
-                .headers(headers);
+            for (key, value) in names.iter().zip(provenance.iter().flatten()) {
+                headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
+            }
+            let mut out = BaseRecord::to(&record.topic).timestamp(record.record.timestamp).headers(headers);
             if let Some(key) = &record.record.key {
                 out = out.key(key.as_slice());
             }
@@ -301,7 +297,7 @@ impl Runtime {
             task.swap_output(&mut output);
             self.output.append(&mut output);
         }
-        self.send_output()?;
+        self.send_output(None)?;
         self.producer.flush(Duration::from_secs(30))?;
         if !self.positions.is_empty() {
             let mut offsets = TopicPartitionList::new();
@@ -321,19 +317,12 @@ impl Runtime {
     /// Closes the tasks none of whose input partitions is still assigned.
     fn close_revoked(&mut self) -> Result<(), RuntimeError> {
         let assignment = self.consumer.assignment()?;
-        let assigned: Vec<(String, u32)> = assignment
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition() as u32))
-            .collect();
+        let assigned: Vec<(String, u32)> =
+            assignment.elements().iter().map(|e| (e.topic().to_string(), e.partition() as u32)).collect();
         let revoked: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(id, task)| {
-                !task
-                    .source_topics()
-                    .any(|t| assigned.contains(&(t.to_string(), id.partition)))
-            })
+            .filter(|(id, task)| !task.source_topics().any(|t| assigned.contains(&(t.to_string(), id.partition))))
             .map(|(id, _)| *id)
             .collect();
         for id in revoked {

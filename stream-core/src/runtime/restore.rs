@@ -26,45 +26,29 @@ pub(crate) const MARKER_KEY: &[u8] = b"\xffstream-core\xffmarker";
 
 /// A token no other restore uses.
 fn token() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     format!("restore-{}-{nanos}", std::process::id())
 }
 
 /// Replays each store's changelog partition into the task's stores, up to
 /// a marker appended when restoration starts, then commits them.
-pub(crate) fn restore(
-    config: &RuntimeConfig,
-    task: &mut Task,
-    id: TaskId,
-) -> Result<(), RuntimeError> {
+pub(crate) fn restore(config: &RuntimeConfig, task: &mut Task, id: TaskId) -> Result<(), RuntimeError> {
     let changelogs: Vec<String> = task.changelogs().iter().map(|t| t.to_string()).collect();
     if changelogs.is_empty() {
         return Ok(());
     }
     let consumer: BaseConsumer = config
         .client()
-        .set(
-            "group.id",
-            format!("{}-restore", config.streams.application_id),
-        )
+        .set("group.id", format!("{}-restore", config.streams.application_id))
         .set("enable.auto.commit", "false")
         .create()?;
-    let producer: BaseProducer = config
-        .client()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()?;
+    let producer: BaseProducer = config.client().set("enable.idempotence", "true").set("acks", "all").create()?;
     let partition = id.partition as i32;
     let started = Instant::now();
     let mut restored = 0u64;
     for (store, topic) in changelogs.iter().enumerate() {
         let token = token();
-        let marker = BaseRecord::to(topic)
-            .partition(partition)
-            .key(MARKER_KEY)
-            .payload(token.as_str());
+        let marker = BaseRecord::to(topic).partition(partition).key(MARKER_KEY).payload(token.as_str());
         producer.send(marker).map_err(|(e, _)| e)?;
         producer.flush(TIMEOUT)?;
         let mut assignment = TopicPartitionList::new();
@@ -73,9 +57,7 @@ pub(crate) fn restore(
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if Instant::now() > deadline {
-                return Err(
-                    KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut).into(),
-                );
+                return Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut).into());
             }
             let Some(message) = consumer.poll(Duration::from_millis(100)) else {
                 continue;

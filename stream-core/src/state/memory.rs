@@ -27,27 +27,13 @@ impl Committed for MemoryBase {
         Ok(self.0.get(key).cloned())
     }
 
-    fn with_value(
-        &self,
-        _name: &str,
-        key: &[u8],
-        f: &mut dyn FnMut(Option<&[u8]>),
-    ) -> Result<(), StoreError> {
+    fn with_value(&self, _name: &str, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<(), StoreError> {
         f(self.0.get(key).map(Vec::as_slice));
         Ok(())
     }
 
-    fn range<'a>(
-        &'a self,
-        _name: &str,
-        from: Bound<&[u8]>,
-        to: Bound<&[u8]>,
-    ) -> Result<KvIter<'a>, StoreError> {
-        Ok(Box::new(
-            self.0
-                .range::<[u8], _>((from, to))
-                .map(|(k, v)| Ok((k.clone(), v.clone()))),
-        ))
+    fn range<'a>(&'a self, _name: &str, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Result<KvIter<'a>, StoreError> {
+        Ok(Box::new(self.0.range::<[u8], _>((from, to)).map(|(k, v)| Ok((k.clone(), v.clone())))))
     }
 
     fn apply(&mut self, _name: &str, changes: &Changes) -> Result<(), StoreError> {

@@ -100,23 +100,15 @@ impl StateBackend {
         names: &[String],
     ) -> Result<Vec<Box<dyn KeyValueStore>>, StoreError> {
         match self {
-            StateBackend::InMemory => Ok(names
-                .iter()
-                .map(|n| Box::new(InMemoryStore::new(n.clone())) as Box<dyn KeyValueStore>)
-                .collect()),
+            StateBackend::InMemory => {
+                Ok(names.iter().map(|n| Box::new(InMemoryStore::new(n.clone())) as Box<dyn KeyValueStore>).collect())
+            }
             StateBackend::RocksDb(dir) => {
                 if names.is_empty() {
                     return Ok(Vec::new());
                 }
                 let instance = RocksDbInstance::open(dir.join(application).join(task), names)?;
-                names
-                    .iter()
-                    .map(|n| {
-                        instance
-                            .store(n)
-                            .map(|s| Box::new(s) as Box<dyn KeyValueStore>)
-                    })
-                    .collect()
+                names.iter().map(|n| instance.store(n).map(|s| Box::new(s) as Box<dyn KeyValueStore>)).collect()
             }
         }
     }
@@ -139,9 +131,7 @@ fn is_empty_range(from: Bound<&[u8]>, to: Bound<&[u8]>) -> bool {
     use Bound::*;
     match (from, to) {
         (Included(a), Included(b)) => a > b,
-        (Included(a), Excluded(b)) | (Excluded(a), Included(b)) | (Excluded(a), Excluded(b)) => {
-            a >= b
-        }
+        (Included(a), Excluded(b)) | (Excluded(a), Included(b)) | (Excluded(a), Excluded(b)) => a >= b,
         _ => false,
     }
 }

@@ -4,10 +4,7 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
-    WriteBatch, DB,
-};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
 
 use super::staged::{Changes, Committed, Staged};
 use super::KvIter;
@@ -28,27 +25,19 @@ pub struct RocksBase {
 pub type RocksDbStore = Staged<RocksBase>;
 
 fn rocks_err(store: &str) -> impl FnOnce(rocksdb::Error) -> StoreError + '_ {
-    move |source| StoreError::RocksDb {
-        store: store.to_string(),
-        source,
-    }
+    move |source| StoreError::RocksDb { store: store.to_string(), source }
 }
 
 impl RocksDbInstance {
     /// Opens (creating when missing) the instance at `path` with a column family per store.
     pub fn open(path: impl AsRef<Path>, stores: &[String]) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(path.as_ref()).map_err(|e| StoreError::Io {
-            path: path.as_ref().display().to_string(),
-            source: e,
-        })?;
+        std::fs::create_dir_all(path.as_ref())
+            .map_err(|e| StoreError::Io { path: path.as_ref().display().to_string(), source: e })?;
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let families = stores
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&options, path.as_ref(), families)
-            .map_err(rocks_err("<instance>"))?;
+        let families = stores.iter().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&options, path.as_ref(), families).map_err(rocks_err("<instance>"))?;
         Ok(RocksDbInstance { db: Arc::new(db) })
     }
 
@@ -57,20 +46,13 @@ impl RocksDbInstance {
         if self.db.cf_handle(name).is_none() {
             return Err(StoreError::NotConnected(name.to_string()));
         }
-        Ok(Staged::with_base(
-            name.to_string(),
-            RocksBase {
-                db: self.db.clone(),
-            },
-        ))
+        Ok(Staged::with_base(name.to_string(), RocksBase { db: self.db.clone() }))
     }
 }
 
 impl RocksBase {
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
-        self.db
-            .cf_handle(name)
-            .ok_or_else(|| StoreError::NotConnected(name.to_string()))
+        self.db.cf_handle(name).ok_or_else(|| StoreError::NotConnected(name.to_string()))
     }
 }
 
@@ -87,26 +69,13 @@ impl Committed for RocksBase {
         self.db.get_cf(self.cf(name)?, key).map_err(rocks_err(name))
     }
 
-    fn with_value(
-        &self,
-        name: &str,
-        key: &[u8],
-        f: &mut dyn FnMut(Option<&[u8]>),
-    ) -> Result<(), StoreError> {
-        let value = self
-            .db
-            .get_pinned_cf(self.cf(name)?, key)
-            .map_err(rocks_err(name))?;
+    fn with_value(&self, name: &str, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<(), StoreError> {
+        let value = self.db.get_pinned_cf(self.cf(name)?, key).map_err(rocks_err(name))?;
         f(value.as_deref());
         Ok(())
     }
 
-    fn range<'a>(
-        &'a self,
-        name: &str,
-        from: Bound<&[u8]>,
-        to: Bound<&[u8]>,
-    ) -> Result<KvIter<'a>, StoreError> {
+    fn range<'a>(&'a self, name: &str, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Result<KvIter<'a>, StoreError> {
         let mut read = ReadOptions::default();
         let lower = match from {
             Bound::Included(k) => Some(k.to_vec()),
@@ -124,10 +93,7 @@ impl Committed for RocksBase {
         };
         let store = name.to_string();
         let iter = self.db.iterator_cf_opt(self.cf(name)?, read, mode);
-        Ok(Box::new(iter.map(move |item| {
-            item.map(|(k, v)| (k.into_vec(), v.into_vec()))
-                .map_err(rocks_err(&store))
-        })))
+        Ok(Box::new(iter.map(move |item| item.map(|(k, v)| (k.into_vec(), v.into_vec())).map_err(rocks_err(&store)))))
     }
 
     fn apply(&mut self, name: &str, changes: &Changes) -> Result<(), StoreError> {

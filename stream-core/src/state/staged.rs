@@ -16,18 +16,8 @@ pub(crate) type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 /// The committed part of a store (sealed: implemented only in this crate).
 pub trait Committed: Send {
     fn get(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    fn with_value(
-        &self,
-        name: &str,
-        key: &[u8],
-        f: &mut dyn FnMut(Option<&[u8]>),
-    ) -> Result<(), StoreError>;
-    fn range<'a>(
-        &'a self,
-        name: &str,
-        from: Bound<&[u8]>,
-        to: Bound<&[u8]>,
-    ) -> Result<KvIter<'a>, StoreError>;
+    fn with_value(&self, name: &str, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<(), StoreError>;
+    fn range<'a>(&'a self, name: &str, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Result<KvIter<'a>, StoreError>;
     fn apply(&mut self, name: &str, changes: &Changes) -> Result<(), StoreError>;
 }
 
@@ -42,12 +32,7 @@ pub struct Staged<C> {
 
 impl<C: Committed> Staged<C> {
     pub(crate) fn with_base(name: String, base: C) -> Self {
-        Staged {
-            name,
-            base,
-            staged: HashMap::new(),
-            undo: Vec::new(),
-        }
+        Staged { name, base, staged: HashMap::new(), undo: Vec::new() }
     }
 
     fn stage(&mut self, key: &[u8], change: Option<Vec<u8>>) {
@@ -99,24 +84,13 @@ impl<C: Committed> KeyValueStore for Staged<C> {
             return Ok(Box::new(std::iter::empty()));
         }
         let base = self.base.range(&self.name, from, to)?;
-        let mut staged: Vec<_> = self
-            .staged
-            .iter()
-            .filter(|(k, _)| (from, to).contains(&k.as_slice()))
-            .collect();
+        let mut staged: Vec<_> = self.staged.iter().filter(|(k, _)| (from, to).contains(&k.as_slice())).collect();
         staged.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        Ok(Box::new(Merge {
-            base: base.peekable(),
-            staged: staged.into_iter().peekable(),
-        }))
+        Ok(Box::new(Merge { base: base.peekable(), staged: staged.into_iter().peekable() }))
     }
 
     fn pending_changes(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        let mut changes: Vec<_> = self
-            .staged
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut changes: Vec<_> = self.staged.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         changes
     }

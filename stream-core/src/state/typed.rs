@@ -26,19 +26,11 @@ impl<'a, K: 'static, V: 'static> Store<'a, K, V> {
         values: &'a dyn Serde<V>,
         scratch: &'a Scratch,
     ) -> Self {
-        Store {
-            inner,
-            keys,
-            values,
-            scratch,
-        }
+        Store { inner, keys, values, scratch }
     }
 
     fn serde_err(&self, source: crate::error::SerdeError) -> StoreError {
-        StoreError::Serde {
-            store: self.inner.name().to_string(),
-            source,
-        }
+        StoreError::Serde { store: self.inner.name().to_string(), source }
     }
 
     fn key_bytes(&self, key: &K) -> Result<Vec<u8>, StoreError> {
@@ -76,10 +68,7 @@ impl<'a, K: 'static, V: 'static> Store<'a, K, V> {
         let (mut k, mut v) = (self.scratch.key.take(), self.scratch.value.take());
         k.clear();
         v.clear();
-        let result = match (
-            self.keys.encode_into(key, &mut k),
-            self.values.encode_into(value, &mut v),
-        ) {
+        let result = match (self.keys.encode_into(key, &mut k), self.values.encode_into(value, &mut v)) {
             (Ok(()), Ok(())) => self.inner.put(&k, &v),
             (Err(e), _) | (_, Err(e)) => Err(self.serde_err(e)),
         };

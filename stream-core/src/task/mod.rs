@@ -61,19 +61,15 @@ pub(crate) struct TaskCore {
 impl TaskCore {
     /// Runs node `id` on `record` (an `Option<Record<K, V>>`).
     pub(crate) fn dispatch(&mut self, id: usize, record: &mut dyn Any) -> Result<()> {
-        let mut node = self.nodes[id].take().ok_or_else(|| {
-            StreamError::processing(format!("internal error: node {id} re-entered"))
-        })?;
+        let mut node = self.nodes[id]
+            .take()
+            .ok_or_else(|| StreamError::processing(format!("internal error: node {id} re-entered")))?;
         let result = node.process(self, id, record);
         self.nodes[id] = Some(node);
         result
     }
 
-    fn with_node(
-        &mut self,
-        id: usize,
-        f: impl FnOnce(&mut dyn Node, &mut TaskCore) -> Result<()>,
-    ) -> Result<()> {
+    fn with_node(&mut self, id: usize, f: impl FnOnce(&mut dyn Node, &mut TaskCore) -> Result<()>) -> Result<()> {
         let Some(mut node) = self.nodes[id].take() else {
             return Ok(());
         };
@@ -97,12 +93,7 @@ impl TaskCore {
             PunctuationType::StreamTime => Some(self.stream_time.saturating_add(interval)),
             PunctuationType::WallClock => Some(self.wall_clock.saturating_add(interval)),
         };
-        self.schedules.push(Schedule {
-            node,
-            interval,
-            kind,
-            next,
-        });
+        self.schedules.push(Schedule { node, interval, kind, next });
     }
 
     /// Runs the punctuations of `kind` that are due at `now`, once each.
@@ -112,9 +103,7 @@ impl TaskCore {
             if schedule.kind != kind {
                 continue;
             }
-            let next = *schedule
-                .next
-                .get_or_insert(now.saturating_add(schedule.interval));
+            let next = *schedule.next.get_or_insert(now.saturating_add(schedule.interval));
             if now < next {
                 continue;
             }
@@ -151,11 +140,8 @@ impl Task {
     ) -> Result<Task> {
         let app = config.application_id.as_str();
         let sub = topology.subtopology(id.subtopology)?;
-        let local: HashMap<usize, usize> =
-            sub.nodes.iter().enumerate().map(|(l, &g)| (g, l)).collect();
-        let stores = config
-            .state
-            .open_task_stores(app, &id.to_string(), &sub.stores)?;
+        let local: HashMap<usize, usize> = sub.nodes.iter().enumerate().map(|(l, &g)| (g, l)).collect();
+        let stores = config.state.open_task_stores(app, &id.to_string(), &sub.stores)?;
         let mut nodes = Vec::with_capacity(sub.nodes.len());
         let mut node_stores = Vec::with_capacity(sub.nodes.len());
         let mut sources = Vec::new();
@@ -164,21 +150,12 @@ impl Task {
             let mut node = (def.factory)(app);
             node.set_children(def.children.iter().map(|c| local[c]).collect());
             nodes.push(Some(node));
-            node_stores.push(
-                def.stores
-                    .iter()
-                    .filter_map(|s| sub.stores.iter().position(|n| n == s))
-                    .collect(),
-            );
+            node_stores.push(def.stores.iter().filter_map(|s| sub.stores.iter().position(|n| n == s)).collect());
             for topic in def.source_topics() {
                 sources.push((Arc::from(topic.resolve(app)), l));
             }
         }
-        let changelogs = sub
-            .stores
-            .iter()
-            .map(|s| Arc::from(crate::topology::changelog_topic(app, s)))
-            .collect();
+        let changelogs = sub.stores.iter().map(|s| Arc::from(crate::topology::changelog_topic(app, s))).collect();
         let core = TaskCore {
             nodes,
             node_stores,
@@ -213,17 +190,9 @@ impl Task {
     /// effect (its store writes and outputs are undone) and is handled by the
     /// error policy; only `ErrorPolicy::Fail` returns the error.
     pub(crate) fn process(&mut self, meta: RecordMetadata, raw: RawRecord) -> Result<()> {
-        let source = self
-            .sources
-            .iter()
-            .find(|(t, _)| **t == *meta.topic)
-            .map(|(_, node)| *node);
-        let source = source.ok_or_else(|| {
-            StreamError::processing(format!(
-                "task {} does not read topic `{}`",
-                self.id, meta.topic
-            ))
-        })?;
+        let source = self.sources.iter().find(|(t, _)| **t == *meta.topic).map(|(_, node)| *node);
+        let source = source
+            .ok_or_else(|| StreamError::processing(format!("task {} does not read topic `{}`", self.id, meta.topic)))?;
         self.core.metrics.records_in += 1;
         self.core.stream_time = self.core.stream_time.max(raw.timestamp);
         let output_mark = self.core.output.len();
@@ -269,12 +238,7 @@ impl Task {
         }
     }
 
-    fn handle_failure(
-        &mut self,
-        error: StreamError,
-        raw: RawRecord,
-        meta: RecordMetadata,
-    ) -> Result<()> {
+    fn handle_failure(&mut self, error: StreamError, raw: RawRecord, meta: RecordMetadata) -> Result<()> {
         let (stage, policy) = match error {
             StreamError::Deserialization(_) => ("deserialization", &self.on_deserialization_error),
             _ => ("processing", &self.on_processing_error),
@@ -303,17 +267,8 @@ impl Task {
                     .add(dead_letter::OFFSET, meta.offset.to_string())
                     .add(dead_letter::STAGE, stage)
                     .add(dead_letter::MESSAGE, error.to_string());
-                let record = RawRecord {
-                    key: raw.key,
-                    value: raw.value,
-                    timestamp: raw.timestamp,
-                    headers,
-                };
-                self.core.output.push(OutputRecord {
-                    topic: Arc::from(topic.as_str()),
-                    partition: None,
-                    record,
-                });
+                let record = RawRecord { key: raw.key, value: raw.value, timestamp: raw.timestamp, headers };
+                self.core.output.push(OutputRecord { topic: Arc::from(topic.as_str()), partition: None, record });
                 self.core.metrics.dead_lettered += 1;
                 Ok(())
             }
@@ -397,10 +352,6 @@ impl Task {
 
     /// The store `name` of this task, if it has one.
     pub(crate) fn store_mut(&mut self, name: &str) -> Option<&mut dyn KeyValueStore> {
-        self.core
-            .stores
-            .iter_mut()
-            .find(|s| s.name() == name)
-            .map(|s| &mut **s as &mut dyn KeyValueStore)
+        self.core.stores.iter_mut().find(|s| s.name() == name).map(|s| &mut **s as &mut dyn KeyValueStore)
     }
 }

@@ -15,13 +15,7 @@ pub(crate) trait Node: Send {
     fn set_children(&mut self, children: Vec<usize>);
     fn init(&mut self, core: &mut TaskCore, id: usize) -> Result<()>;
     fn process(&mut self, core: &mut TaskCore, id: usize, record: &mut dyn Any) -> Result<()>;
-    fn punctuate(
-        &mut self,
-        core: &mut TaskCore,
-        id: usize,
-        kind: PunctuationType,
-        timestamp: i64,
-    ) -> Result<()>;
+    fn punctuate(&mut self, core: &mut TaskCore, id: usize, kind: PunctuationType, timestamp: i64) -> Result<()>;
     fn close(&mut self);
 }
 
@@ -33,21 +27,13 @@ pub(crate) struct ProcessorNode<P> {
 
 impl<P: Processor> ProcessorNode<P> {
     pub(crate) fn boxed(processor: P) -> Box<dyn Node> {
-        Box::new(ProcessorNode {
-            processor,
-            children: Vec::new(),
-        })
+        Box::new(ProcessorNode { processor, children: Vec::new() })
     }
 }
 
 macro_rules! context {
     ($self:ident, $core:ident, $id:ident) => {
-        &mut ProcessorContext {
-            core: $core,
-            node: $id,
-            children: &$self.children,
-            _out: PhantomData,
-        }
+        &mut ProcessorContext { core: $core, node: $id, children: &$self.children, _out: PhantomData }
     };
 }
 
@@ -61,26 +47,15 @@ impl<P: Processor> Node for ProcessorNode<P> {
     }
 
     fn process(&mut self, core: &mut TaskCore, id: usize, record: &mut dyn Any) -> Result<()> {
-        let record = record
-            .downcast_mut::<Option<Record<P::KIn, P::VIn>>>()
-            .and_then(Option::take)
-            .ok_or_else(|| {
-                StreamError::processing(format!(
-                    "internal error: record of unexpected type at node {id}"
-                ))
+        let record =
+            record.downcast_mut::<Option<Record<P::KIn, P::VIn>>>().and_then(Option::take).ok_or_else(|| {
+                StreamError::processing(format!("internal error: record of unexpected type at node {id}"))
             })?;
         self.processor.process(context!(self, core, id), record)
     }
 
-    fn punctuate(
-        &mut self,
-        core: &mut TaskCore,
-        id: usize,
-        kind: PunctuationType,
-        timestamp: i64,
-    ) -> Result<()> {
-        self.processor
-            .punctuate(context!(self, core, id), kind, timestamp)
+    fn punctuate(&mut self, core: &mut TaskCore, id: usize, kind: PunctuationType, timestamp: i64) -> Result<()> {
+        self.processor.punctuate(context!(self, core, id), kind, timestamp)
     }
 
     fn close(&mut self) {

@@ -70,9 +70,7 @@ impl TestDriverBuilder {
         let app = self.config.application_id.clone();
         let default = self.default_partitions;
         let given = self.partitions;
-        let plan = self
-            .topology
-            .partition_plan(&app, |t| Some(given.get(t).copied().unwrap_or(default)))?;
+        let plan = self.topology.partition_plan(&app, |t| Some(given.get(t).copied().unwrap_or(default)))?;
         let mut partitions = given;
         for topic in self.topology.sink_topics() {
             partitions.entry(topic).or_insert(default);
@@ -89,16 +87,7 @@ impl TestDriverBuilder {
         }
         let mut tasks = BTreeMap::new();
         for &id in &plan.tasks {
-            tasks.insert(
-                id,
-                Task::new(
-                    &self.topology,
-                    id,
-                    &self.config,
-                    partitions.clone(),
-                    self.wall_clock,
-                )?,
-            );
+            tasks.insert(id, Task::new(&self.topology, id, &self.config, partitions.clone(), self.wall_clock)?);
         }
         let state = DriverState {
             plan,
@@ -110,9 +99,7 @@ impl TestDriverBuilder {
             spare: Vec::new(),
             wall_clock: self.wall_clock,
         };
-        Ok(TestDriver {
-            state: Rc::new(RefCell::new(state)),
-        })
+        Ok(TestDriver { state: Rc::new(RefCell::new(state)) })
     }
 }
 
@@ -230,21 +217,12 @@ impl TestDriver {
 
     /// The metrics of each task.
     pub fn task_metrics(&self) -> BTreeMap<TaskId, TaskMetrics> {
-        self.state
-            .borrow()
-            .tasks
-            .iter()
-            .map(|(id, t)| (*id, *t.metrics()))
-            .collect()
+        self.state.borrow().tasks.iter().map(|(id, t)| (*id, *t.metrics())).collect()
     }
 
     /// Takes the unread records of `topic` as bytes, in write order.
     pub fn read_raw(&self, topic: &str) -> Vec<LoggedRecord> {
-        self.state
-            .borrow_mut()
-            .log_mut(topic)
-            .map(|log| log.drain(..).collect())
-            .unwrap_or_default()
+        self.state.borrow_mut().log_mut(topic).map(|log| log.drain(..).collect()).unwrap_or_default()
     }
 }
 
@@ -270,11 +248,7 @@ struct TopicState {
 
 impl TopicState {
     fn new(partitions: u32, reader: Option<u32>) -> Self {
-        TopicState {
-            next_offsets: vec![0; partitions as usize],
-            reader,
-            log: VecDeque::new(),
-        }
+        TopicState { next_offsets: vec![0; partitions as usize], reader, log: VecDeque::new() }
     }
 }
 
@@ -283,12 +257,10 @@ impl DriverState {
     /// default partitioner would) and queues it when the topology reads it.
     fn route(&mut self, output: OutputRecord) {
         let (partitions, default) = (&self.partitions, self.default_partitions);
-        let topic = self.topics.entry(output.topic.clone()).or_insert_with(|| {
-            TopicState::new(
-                partitions.get(&*output.topic).copied().unwrap_or(default),
-                None,
-            )
-        });
+        let topic = self
+            .topics
+            .entry(output.topic.clone())
+            .or_insert_with(|| TopicState::new(partitions.get(&*output.topic).copied().unwrap_or(default), None));
         let count = topic.next_offsets.len() as u32;
         let partition = match (output.partition, &output.record.key) {
             (Some(p), _) => p % count,
@@ -299,25 +271,10 @@ impl DriverState {
         topic.next_offsets[partition as usize] += 1;
         match topic.reader {
             Some(subtopology) => {
-                let meta = RecordMetadata {
-                    topic: output.topic,
-                    partition,
-                    offset,
-                };
-                self.queue.push_back((
-                    TaskId {
-                        subtopology,
-                        partition,
-                    },
-                    meta,
-                    output.record,
-                ));
+                let meta = RecordMetadata { topic: output.topic, partition, offset };
+                self.queue.push_back((TaskId { subtopology, partition }, meta, output.record));
             }
-            None => topic.log.push_back(LoggedRecord {
-                partition,
-                offset,
-                record: output.record,
-            }),
+            None => topic.log.push_back(LoggedRecord { partition, offset, record: output.record }),
         }
     }
 
@@ -372,21 +329,11 @@ impl DriverState {
     }
 
     /// Pipes records into `topic`, processes everything that follows, commits.
-    pub(crate) fn pipe(
-        &mut self,
-        topic: &str,
-        records: impl IntoIterator<Item = Result<RawRecord>>,
-    ) -> Result<()> {
+    pub(crate) fn pipe(&mut self, topic: &str, records: impl IntoIterator<Item = Result<RawRecord>>) -> Result<()> {
         let topic: Arc<str> = Arc::from(topic);
         let mut result = Ok(());
         for record in records {
-            result = record.map(|record| {
-                self.route(OutputRecord {
-                    topic: topic.clone(),
-                    partition: None,
-                    record,
-                })
-            });
+            result = record.map(|record| self.route(OutputRecord { topic: topic.clone(), partition: None, record }));
             if result.is_ok() {
                 result = self.drain();
             }

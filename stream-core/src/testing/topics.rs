@@ -29,13 +29,7 @@ pub struct TestRecord<K, V> {
 impl<K, V> TestRecord<K, V> {
     /// A record without headers.
     pub fn new(key: K, value: V, timestamp: i64) -> Self {
-        TestRecord {
-            key,
-            value,
-            timestamp,
-            headers: Headers::new(),
-            partition: 0,
-        }
+        TestRecord { key, value, timestamp, headers: Headers::new(), partition: 0 }
     }
 }
 
@@ -49,18 +43,8 @@ pub(super) struct Binding<K, V> {
 }
 
 impl<K, V> Binding<K, V> {
-    pub(super) fn new(
-        state: Rc<RefCell<DriverState>>,
-        name: &str,
-        keys: impl Serde<K>,
-        values: impl Serde<V>,
-    ) -> Self {
-        Binding {
-            state,
-            name: name.to_string(),
-            keys: Arc::new(keys),
-            values: Arc::new(values),
-        }
+    pub(super) fn new(state: Rc<RefCell<DriverState>>, name: &str, keys: impl Serde<K>, values: impl Serde<V>) -> Self {
+        Binding { state, name: name.to_string(), keys: Arc::new(keys), values: Arc::new(values) }
     }
 }
 
@@ -120,26 +104,13 @@ pub struct TestOutputTopic<K, V>(pub(super) Binding<K, V>);
 impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
     /// The next unread record, if any; a tombstone or undecodable record is an error.
     pub fn read_record(&self) -> Result<Option<TestRecord<K, V>>, SerdeError> {
-        let next = self
-            .0
-            .state
-            .borrow_mut()
-            .log_mut(&self.0.name)
-            .and_then(|log| log.pop_front());
+        let next = self.0.state.borrow_mut().log_mut(&self.0.name).and_then(|log| log.pop_front());
         let Some(logged) = next else { return Ok(None) };
         let raw = logged.record;
         let key = self.0.keys.decode(raw.key.as_deref().unwrap_or_default())?;
-        let value = raw
-            .value
-            .ok_or_else(|| SerdeError::decode("value", "tombstone"))?;
+        let value = raw.value.ok_or_else(|| SerdeError::decode("value", "tombstone"))?;
         let value = self.0.values.decode(&value)?;
-        Ok(Some(TestRecord {
-            key,
-            value,
-            timestamp: raw.timestamp,
-            headers: raw.headers,
-            partition: logged.partition,
-        }))
+        Ok(Some(TestRecord { key, value, timestamp: raw.timestamp, headers: raw.headers, partition: logged.partition }))
     }
 
     /// All unread records.
@@ -149,20 +120,12 @@ impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
 
     /// All unread records as (key, value) pairs.
     pub fn read_key_values(&self) -> Result<Vec<(K, V)>, SerdeError> {
-        Ok(self
-            .read_records()?
-            .into_iter()
-            .map(|r| (r.key, r.value))
-            .collect())
+        Ok(self.read_records()?.into_iter().map(|r| (r.key, r.value)).collect())
     }
 
     /// The number of unread records.
     pub fn len(&self) -> usize {
-        self.0
-            .state
-            .borrow_mut()
-            .log_mut(&self.0.name)
-            .map_or(0, |log| log.len())
+        self.0.state.borrow_mut().log_mut(&self.0.name).map_or(0, |log| log.len())
     }
 
     /// True when every record has been read.
@@ -180,10 +143,7 @@ impl<K: 'static, V: 'static> TestStore<K, V> {
         let mut state = self.0.state.borrow_mut();
         for task in state.tasks.values_mut() {
             if let Some(store) = task.store_mut(&self.0.name) {
-                if let Some(value) =
-                    Store::new(store, &*self.0.keys, &*self.0.values, &Scratch::default())
-                        .get(key)?
-                {
+                if let Some(value) = Store::new(store, &*self.0.keys, &*self.0.values, &Scratch::default()).get(key)? {
                     return Ok(Some(value));
                 }
             }
@@ -197,9 +157,7 @@ impl<K: 'static, V: 'static> TestStore<K, V> {
         let mut entries = Vec::new();
         for task in state.tasks.values_mut() {
             if let Some(store) = task.store_mut(&self.0.name) {
-                entries.extend(
-                    Store::new(store, &*self.0.keys, &*self.0.values, &Scratch::default()).all()?,
-                );
+                entries.extend(Store::new(store, &*self.0.keys, &*self.0.values, &Scratch::default()).all()?);
             }
         }
         Ok(entries)

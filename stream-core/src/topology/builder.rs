@@ -44,21 +44,13 @@ impl Graph {
         for &p in parents {
             self.nodes[p].children.push(id);
         }
-        self.nodes.push(NodeDef {
-            name,
-            kind,
-            parents: parents.to_vec(),
-            children: Vec::new(),
-            stores,
-            factory,
-        });
+        self.nodes.push(NodeDef { name, kind, parents: parents.to_vec(), children: Vec::new(), stores, factory });
         id
     }
 
     pub(crate) fn add_store(&mut self, name: &str) {
         if self.stores.iter().any(|s| s == name) {
-            self.errors
-                .push(TopologyError::DuplicateName(name.to_string()));
+            self.errors.push(TopologyError::DuplicateName(name.to_string()));
         } else {
             self.stores.push(name.to_string());
         }
@@ -85,11 +77,7 @@ impl StreamsBuilder {
     }
 
     /// A stream of the records of several topics (which must be co-partitioned).
-    pub fn stream_from<K: Data, V: Data>(
-        &self,
-        topics: &[&str],
-        consumed: Consumed<K, V>,
-    ) -> KStream<K, V> {
+    pub fn stream_from<K: Data, V: Data>(&self, topics: &[&str], consumed: Consumed<K, V>) -> KStream<K, V> {
         let topics: Vec<Topic> = topics.iter().map(|t| Topic::external(*t)).collect();
         let node = source::add_stream_source(&self.graph, topics, consumed);
         KStream::new(self.graph.clone(), node)
@@ -97,12 +85,7 @@ impl StreamsBuilder {
 
     /// A table built from `topic`: each record upserts its key; a record
     /// without value (tombstone) deletes it. Kept in store `store`.
-    pub fn table<K: Data, V: Data>(
-        &self,
-        topic: &str,
-        consumed: Consumed<K, V>,
-        store: &str,
-    ) -> KTable<K, V> {
+    pub fn table<K: Data, V: Data>(&self, topic: &str, consumed: Consumed<K, V>, store: &str) -> KTable<K, V> {
         KTable::from_topic(self.graph.clone(), Topic::external(topic), consumed, store)
     }
 
@@ -131,18 +114,12 @@ impl StreamsBuilder {
         for node in &nodes {
             for store in &node.stores {
                 if !graph.stores.contains(store) {
-                    return Err(TopologyError::UnknownStore {
-                        processor: node.name.clone(),
-                        store: store.clone(),
-                    });
+                    return Err(TopologyError::UnknownStore { processor: node.name.clone(), store: store.clone() });
                 }
             }
         }
         let subtopologies = split(&nodes);
-        Ok(Topology {
-            nodes: Arc::new(nodes),
-            subtopologies: Arc::new(subtopologies),
-        })
+        Ok(Topology { nodes: Arc::new(nodes), subtopologies: Arc::new(subtopologies) })
     }
 }
 

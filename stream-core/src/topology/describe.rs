@@ -16,10 +16,7 @@ impl TopologyDescription {
             if ids.is_empty() {
                 "none".to_string()
             } else {
-                ids.iter()
-                    .map(|&i| topology.nodes[i].name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                ids.iter().map(|&i| topology.nodes[i].name.as_str()).collect::<Vec<_>>().join(", ")
             }
         };
         for (i, sub) in topology.subtopologies.iter().enumerate() {
@@ -29,20 +26,10 @@ impl TopologyDescription {
                 let _ = match &node.kind {
                     NodeKind::Source(topics) => {
                         let topics: Vec<_> = topics.iter().map(|t| t.display()).collect();
-                        writeln!(
-                            out,
-                            "    Source: {} (topics: [{}])",
-                            node.name,
-                            topics.join(", ")
-                        )
+                        writeln!(out, "    Source: {} (topics: [{}])", node.name, topics.join(", "))
                     }
                     NodeKind::Processor => {
-                        writeln!(
-                            out,
-                            "    Processor: {} (stores: [{}])",
-                            node.name,
-                            node.stores.join(", ")
-                        )
+                        writeln!(out, "    Processor: {} (stores: [{}])", node.name, node.stores.join(", "))
                     }
                     NodeKind::Sink(topic) => {
                         writeln!(out, "    Sink: {} (topic: {})", node.name, topic.display())

@@ -40,17 +40,11 @@ pub(crate) struct Topic {
 
 impl Topic {
     pub(crate) fn external(name: impl Into<String>) -> Self {
-        Topic {
-            name: name.into(),
-            internal: false,
-        }
+        Topic { name: name.into(), internal: false }
     }
 
     pub(crate) fn internal(name: impl Into<String>) -> Self {
-        Topic {
-            name: name.into(),
-            internal: true,
-        }
+        Topic { name: name.into(), internal: true }
     }
 
     /// The topic's real name for application `app`.
@@ -143,9 +137,7 @@ impl Topology {
     }
 
     pub(crate) fn subtopology(&self, id: u32) -> Result<&SubTopology, TopologyError> {
-        self.subtopologies
-            .get(id as usize)
-            .ok_or_else(|| TopologyError::UnknownTopic(format!("<sub-topology {id}>")))
+        self.subtopologies.get(id as usize).ok_or_else(|| TopologyError::UnknownTopic(format!("<sub-topology {id}>")))
     }
 
     /// The text description of the topology.
@@ -155,34 +147,22 @@ impl Topology {
 
     /// The user topics the topology reads (repartition topics excluded).
     pub fn source_topics(&self) -> BTreeSet<String> {
-        self.topics(|s| &s.sources)
-            .filter(|t| !t.internal)
-            .map(|t| t.name.clone())
-            .collect()
+        self.topics(|s| &s.sources).filter(|t| !t.internal).map(|t| t.name.clone()).collect()
     }
 
     /// The user topics the topology writes to (repartition topics excluded).
     pub fn sink_topics(&self) -> BTreeSet<String> {
-        self.topics(|s| &s.sinks)
-            .filter(|t| !t.internal)
-            .map(|t| t.name.clone())
-            .collect()
+        self.topics(|s| &s.sinks).filter(|t| !t.internal).map(|t| t.name.clone()).collect()
     }
 
     /// The repartition topics of application `app`, by real name.
     pub fn repartition_topics(&self, app: &str) -> BTreeSet<String> {
-        self.topics(|s| &s.sources)
-            .filter(|t| t.internal)
-            .map(|t| t.resolve(app))
-            .collect()
+        self.topics(|s| &s.sources).filter(|t| t.internal).map(|t| t.resolve(app)).collect()
     }
 
     /// The names of all state stores.
     pub fn store_names(&self) -> Vec<String> {
-        self.subtopologies
-            .iter()
-            .flat_map(|s| s.stores.iter().cloned())
-            .collect()
+        self.subtopologies.iter().flat_map(|s| s.stores.iter().cloned()).collect()
     }
 
     fn topics<'a>(
@@ -204,27 +184,15 @@ impl Topology {
     ) -> Result<PartitionPlan, TopologyError> {
         let mut counts: BTreeMap<Topic, u32> = BTreeMap::new();
         for topic in self.topics(|s| &s.sources).filter(|t| !t.internal) {
-            let n = partitions_of(&topic.name)
-                .ok_or_else(|| TopologyError::UnknownTopic(topic.name.clone()))?;
+            let n = partitions_of(&topic.name).ok_or_else(|| TopologyError::UnknownTopic(topic.name.clone()))?;
             counts.insert(topic.clone(), n);
         }
         // Internal topics: fixed point over the sub-topologies.
         for _ in 0..=self.subtopologies.len() {
             let mut changed = false;
             for sub in self.subtopologies.iter() {
-                let external = sub
-                    .sources
-                    .iter()
-                    .filter(|t| !t.internal)
-                    .filter_map(|t| counts.get(t))
-                    .max()
-                    .copied();
-                let input = sub
-                    .sources
-                    .iter()
-                    .filter_map(|t| counts.get(t))
-                    .max()
-                    .copied();
+                let external = sub.sources.iter().filter(|t| !t.internal).filter_map(|t| counts.get(t)).max().copied();
+                let input = sub.sources.iter().filter_map(|t| counts.get(t)).max().copied();
                 for topic in sub.sources.iter().filter(|t| t.internal) {
                     if let Some(n) = external {
                         changed |= counts.insert(topic.clone(), n) != Some(n);
@@ -232,9 +200,10 @@ impl Topology {
                 }
                 if let Some(n) = input {
                     for topic in sub.sinks.iter().filter(|t| t.internal) {
-                        let reader_has_external = self.subtopologies.iter().any(|r| {
-                            r.sources.contains(topic) && r.sources.iter().any(|t| !t.internal)
-                        });
+                        let reader_has_external = self
+                            .subtopologies
+                            .iter()
+                            .any(|r| r.sources.contains(topic) && r.sources.iter().any(|t| !t.internal));
                         if !reader_has_external && counts.get(topic).is_none_or(|&c| c < n) {
                             counts.insert(topic.clone(), n);
                             changed = true;
@@ -246,16 +215,11 @@ impl Topology {
                 break;
             }
         }
-        let mut plan = PartitionPlan {
-            topics: BTreeMap::new(),
-            tasks: Vec::new(),
-        };
+        let mut plan = PartitionPlan { topics: BTreeMap::new(), tasks: Vec::new() };
         for (i, sub) in self.subtopologies.iter().enumerate() {
             let mut sub_counts = Vec::new();
             for topic in &sub.sources {
-                let n = *counts
-                    .get(topic)
-                    .ok_or_else(|| TopologyError::UnknownTopic(topic.resolve(app)))?;
+                let n = *counts.get(topic).ok_or_else(|| TopologyError::UnknownTopic(topic.resolve(app)))?;
                 sub_counts.push(n);
                 plan.topics.insert(topic.resolve(app), n);
             }
@@ -269,10 +233,7 @@ impl Topology {
             for store in &sub.stores {
                 plan.topics.insert(changelog_topic(app, store), n);
             }
-            plan.tasks.extend((0..n).map(|p| TaskId {
-                subtopology: i as u32,
-                partition: p,
-            }));
+            plan.tasks.extend((0..n).map(|p| TaskId { subtopology: i as u32, partition: p }));
         }
         Ok(plan)
     }

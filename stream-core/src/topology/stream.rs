@@ -24,10 +24,7 @@ pub struct Consumed<K, V> {
 impl<K, V> Consumed<K, V> {
     /// Reads keys with `keys` and values with `values`.
     pub fn with(keys: impl Serde<K>, values: impl Serde<V>) -> Self {
-        Consumed {
-            keys: Arc::new(keys),
-            values: Arc::new(values),
-        }
+        Consumed { keys: Arc::new(keys), values: Arc::new(values) }
     }
 }
 
@@ -45,18 +42,11 @@ pub struct Produced<K, V> {
 impl<K, V> Produced<K, V> {
     /// Writes keys with `keys` and values with `values`.
     pub fn with(keys: impl Serde<K>, values: impl Serde<V>) -> Self {
-        Produced {
-            keys: Arc::new(keys),
-            values: Arc::new(values),
-            partitioner: None,
-        }
+        Produced { keys: Arc::new(keys), values: Arc::new(values), partitioner: None }
     }
 
     /// Chooses partitions with `partitioner` instead of murmur2 of the key.
-    pub fn with_partitioner(
-        mut self,
-        partitioner: impl Fn(&K, &V, u32) -> u32 + Send + Sync + 'static,
-    ) -> Self {
+    pub fn with_partitioner(mut self, partitioner: impl Fn(&K, &V, u32) -> u32 + Send + Sync + 'static) -> Self {
         self.partitioner = Some(Arc::new(partitioner));
         self
     }
@@ -76,11 +66,7 @@ pub type Grouped<K, V> = Repartitioned<K, V>;
 impl<K, V> Repartitioned<K, V> {
     /// Repartitions with these serdes.
     pub fn with(keys: impl Serde<K>, values: impl Serde<V>) -> Self {
-        Repartitioned {
-            keys: Arc::new(keys),
-            values: Arc::new(values),
-            name: None,
-        }
+        Repartitioned { keys: Arc::new(keys), values: Arc::new(values), name: None }
     }
 
     /// Names the repartition topic.
@@ -92,11 +78,7 @@ impl<K, V> Repartitioned<K, V> {
 
 impl<K, V> Clone for Repartitioned<K, V> {
     fn clone(&self) -> Self {
-        Repartitioned {
-            keys: self.keys.clone(),
-            values: self.values.clone(),
-            name: self.name.clone(),
-        }
+        Repartitioned { keys: self.keys.clone(), values: self.values.clone(), name: self.name.clone() }
     }
 }
 
@@ -122,21 +104,11 @@ impl<K, V> Clone for KStream<K, V> {
 
 impl<K: Data, V: Data> KStream<K, V> {
     pub(crate) fn new(graph: GraphRef, node: usize) -> Self {
-        KStream {
-            graph,
-            node,
-            key_changed_by: None,
-            _types: PhantomData,
-        }
+        KStream { graph, node, key_changed_by: None, _types: PhantomData }
     }
 
     fn child<K2, V2>(&self, node: usize, key_changed_by: Option<String>) -> KStream<K2, V2> {
-        KStream {
-            graph: self.graph.clone(),
-            node,
-            key_changed_by,
-            _types: PhantomData,
-        }
+        KStream { graph: self.graph.clone(), node, key_changed_by, _types: PhantomData }
     }
 
     /// Adds a processor node below this stream.
@@ -151,11 +123,7 @@ impl<K: Data, V: Data> KStream<K, V> {
         let mut graph = self.graph.borrow_mut();
         let name = graph.name(prefix);
         let node = graph.add(name.clone(), NodeKind::Processor, parents, stores, factory);
-        let changed = if changes_key {
-            Some(name)
-        } else {
-            self.key_changed_by.clone()
-        };
+        let changed = if changes_key { Some(name) } else { self.key_changed_by.clone() };
         drop(graph);
         self.child(node, changed)
     }
@@ -165,46 +133,26 @@ impl<K: Data, V: Data> KStream<K, V> {
         &self,
         prefix: &str,
         changes_key: bool,
-        f: impl Fn(Record<K, V>, &mut ProcessorContext<'_, K2, V2>) -> Result<()>
-            + Send
-            + Sync
-            + 'static,
+        f: impl Fn(Record<K, V>, &mut ProcessorContext<'_, K2, V2>) -> Result<()> + Send + Sync + 'static,
     ) -> KStream<K2, V2> {
         let f = Arc::new(f);
-        let factory: NodeFactory =
-            Arc::new(move |_| ProcessorNode::boxed(FnProcessor::new(f.clone())));
+        let factory: NodeFactory = Arc::new(move |_| ProcessorNode::boxed(FnProcessor::new(f.clone())));
         self.add(prefix, changes_key, &[self.node], Vec::new(), factory)
     }
 
     /// Replaces each record's key and value (marks the stream for repartitioning).
-    pub fn map<K2: Data, V2: Data>(
-        &self,
-        f: impl Fn(K, V) -> (K2, V2) + Send + Sync + 'static,
-    ) -> KStream<K2, V2> {
+    pub fn map<K2: Data, V2: Data>(&self, f: impl Fn(K, V) -> (K2, V2) + Send + Sync + 'static) -> KStream<K2, V2> {
         self.stateless("KSTREAM-MAP", true, move |r, ctx| {
             let (key, value) = f(r.key, r.value);
-            ctx.forward(Record {
-                key,
-                value,
-                timestamp: r.timestamp,
-                headers: r.headers,
-            })
+            ctx.forward(Record { key, value, timestamp: r.timestamp, headers: r.headers })
         })
     }
 
     /// Replaces each record's value.
-    pub fn map_values<V2: Data>(
-        &self,
-        f: impl Fn(V) -> V2 + Send + Sync + 'static,
-    ) -> KStream<K, V2> {
+    pub fn map_values<V2: Data>(&self, f: impl Fn(V) -> V2 + Send + Sync + 'static) -> KStream<K, V2> {
         self.stateless("KSTREAM-MAPVALUES", false, move |r, ctx| {
             let value = f(r.value);
-            ctx.forward(Record {
-                key: r.key,
-                value,
-                timestamp: r.timestamp,
-                headers: r.headers,
-            })
+            ctx.forward(Record { key: r.key, value, timestamp: r.timestamp, headers: r.headers })
         })
     }
 
@@ -216,92 +164,61 @@ impl<K: Data, V: Data> KStream<K, V> {
     ) -> KStream<K, V2> {
         self.stateless("KSTREAM-TRYMAPVALUES", false, move |r, ctx| {
             let value = f(r.value).map_err(|e| StreamError::processing(e))?;
-            ctx.forward(Record {
-                key: r.key,
-                value,
-                timestamp: r.timestamp,
-                headers: r.headers,
-            })
+            ctx.forward(Record { key: r.key, value, timestamp: r.timestamp, headers: r.headers })
         })
     }
 
     /// Keeps the records for which `predicate` holds.
-    pub fn filter(
-        &self,
-        predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
-    ) -> KStream<K, V> {
-        self.stateless("KSTREAM-FILTER", false, move |r, ctx| {
-            if predicate(&r.key, &r.value) {
-                ctx.forward(r)
-            } else {
-                Ok(())
-            }
-        })
+    pub fn filter(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> KStream<K, V> {
+        self.stateless(
+            "KSTREAM-FILTER",
+            false,
+            move |r, ctx| {
+                if predicate(&r.key, &r.value) {
+                    ctx.forward(r)
+                } else {
+                    Ok(())
+                }
+            },
+        )
     }
 
     /// Drops the records for which `predicate` holds.
-    pub fn filter_not(
-        &self,
-        predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
-    ) -> KStream<K, V> {
+    pub fn filter_not(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> KStream<K, V> {
         self.filter(move |k, v| !predicate(k, v))
     }
 
     /// Replaces each record with zero or more records (marks the stream for repartitioning).
-    pub fn flat_map<K2: Data, V2: Data, I>(
-        &self,
-        f: impl Fn(K, V) -> I + Send + Sync + 'static,
-    ) -> KStream<K2, V2>
+    pub fn flat_map<K2: Data, V2: Data, I>(&self, f: impl Fn(K, V) -> I + Send + Sync + 'static) -> KStream<K2, V2>
     where
         I: IntoIterator<Item = (K2, V2)>,
     {
         self.stateless("KSTREAM-FLATMAP", true, move |r, ctx| {
             for (key, value) in f(r.key, r.value) {
-                ctx.forward(Record {
-                    key,
-                    value,
-                    timestamp: r.timestamp,
-                    headers: r.headers.clone(),
-                })?;
+                ctx.forward(Record { key, value, timestamp: r.timestamp, headers: r.headers.clone() })?;
             }
             Ok(())
         })
     }
 
     /// Replaces each record's value with zero or more values.
-    pub fn flat_map_values<V2: Data, I>(
-        &self,
-        f: impl Fn(V) -> I + Send + Sync + 'static,
-    ) -> KStream<K, V2>
+    pub fn flat_map_values<V2: Data, I>(&self, f: impl Fn(V) -> I + Send + Sync + 'static) -> KStream<K, V2>
     where
         I: IntoIterator<Item = V2>,
     {
         self.stateless("KSTREAM-FLATMAPVALUES", false, move |r, ctx| {
             for value in f(r.value) {
-                ctx.forward(Record {
-                    key: r.key.clone(),
-                    value,
-                    timestamp: r.timestamp,
-                    headers: r.headers.clone(),
-                })?;
+                ctx.forward(Record { key: r.key.clone(), value, timestamp: r.timestamp, headers: r.headers.clone() })?;
             }
             Ok(())
         })
     }
 
     /// Gives each record a new key (marks the stream for repartitioning).
-    pub fn select_key<K2: Data>(
-        &self,
-        f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,
-    ) -> KStream<K2, V> {
+    pub fn select_key<K2: Data>(&self, f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static) -> KStream<K2, V> {
         self.stateless("KSTREAM-KEY-SELECT", true, move |r, ctx| {
             let key = f(&r.key, &r.value);
-            ctx.forward(Record {
-                key,
-                value: r.value,
-                timestamp: r.timestamp,
-                headers: r.headers,
-            })
+            ctx.forward(Record { key, value: r.value, timestamp: r.timestamp, headers: r.headers })
         })
     }
 
@@ -316,31 +233,19 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// The records of both streams.
     pub fn merge(&self, other: &KStream<K, V>) -> KStream<K, V> {
         let factory: NodeFactory = Arc::new(|_| {
-            ProcessorNode::boxed(FnProcessor::new(Arc::new(
-                |r: Record<K, V>, ctx: &mut ProcessorContext<'_, K, V>| ctx.forward(r),
-            )))
+            ProcessorNode::boxed(FnProcessor::new(Arc::new(|r: Record<K, V>, ctx: &mut ProcessorContext<'_, K, V>| {
+                ctx.forward(r)
+            })))
         });
-        let mut merged: KStream<K, V> = self.add(
-            "KSTREAM-MERGE",
-            false,
-            &[self.node, other.node],
-            Vec::new(),
-            factory,
-        );
-        merged.key_changed_by = self
-            .key_changed_by
-            .clone()
-            .or_else(|| other.key_changed_by.clone());
+        let mut merged: KStream<K, V> = self.add("KSTREAM-MERGE", false, &[self.node, other.node], Vec::new(), factory);
+        merged.key_changed_by = self.key_changed_by.clone().or_else(|| other.key_changed_by.clone());
         merged
     }
 
     /// Splits the stream by predicates: each record goes to the first branch
     /// whose predicate holds.
     pub fn split(&self) -> Split<K, V> {
-        Split {
-            stream: self.clone(),
-            predicates: Vec::new(),
-        }
+        Split { stream: self.clone(), predicates: Vec::new() }
     }
 
     /// Writes the stream to `topic`.
@@ -353,22 +258,13 @@ impl<K: Data, V: Data> KStream<K, V> {
     pub fn repartition(&self, repartitioned: Repartitioned<K, V>) -> KStream<K, V> {
         let name = {
             let graph = self.graph.borrow();
-            repartitioned
-                .name
-                .clone()
-                .unwrap_or_else(|| graph.name("KSTREAM-REPARTITION"))
+            repartitioned.name.clone().unwrap_or_else(|| graph.name("KSTREAM-REPARTITION"))
         };
         let topic = Topic::internal(format!("{name}-repartition"));
-        let produced = Produced {
-            keys: repartitioned.keys.clone(),
-            values: repartitioned.values.clone(),
-            partitioner: None,
-        };
+        let produced =
+            Produced { keys: repartitioned.keys.clone(), values: repartitioned.values.clone(), partitioner: None };
         sink::add_sink(&self.graph, self.node, topic.clone(), produced);
-        let consumed = Consumed {
-            keys: repartitioned.keys,
-            values: repartitioned.values,
-        };
+        let consumed = Consumed { keys: repartitioned.keys, values: repartitioned.values };
         let node = source::add_stream_source(&self.graph, vec![topic], consumed);
         KStream::new(self.graph.clone(), node)
     }
@@ -376,11 +272,7 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// Groups records by key for an aggregation; repartitions first (through
     /// `grouped`'s serdes) when the key was changed.
     pub fn group_by_key(&self, grouped: Grouped<K, V>) -> KGroupedStream<K, V> {
-        let stream = if self.key_changed_by.is_some() {
-            self.repartition(grouped.clone())
-        } else {
-            self.clone()
-        };
+        let stream = if self.key_changed_by.is_some() { self.repartition(grouped.clone()) } else { self.clone() };
         KGroupedStream::new(stream, grouped.keys, grouped.values)
     }
 
@@ -395,10 +287,7 @@ impl<K: Data, V: Data> KStream<K, V> {
 
     fn check_partitioned(&self, operation: &'static str) {
         if let Some(changed_by) = &self.key_changed_by {
-            let error = TopologyError::RepartitionRequired {
-                operation,
-                changed_by: changed_by.clone(),
-            };
+            let error = TopologyError::RepartitionRequired { operation, changed_by: changed_by.clone() };
             self.graph.borrow_mut().errors.push(error);
         }
     }
@@ -413,13 +302,7 @@ impl<K: Data, V: Data> KStream<K, V> {
         self.check_partitioned("join");
         let joiner = Arc::new(move |v: &V, t: Option<&VT>| t.map(|t| joiner(v, t)));
         let factory = join::factory(table, joiner);
-        self.add(
-            "KSTREAM-JOIN",
-            false,
-            &[self.node],
-            vec![table.store.clone()],
-            factory,
-        )
+        self.add("KSTREAM-JOIN", false, &[self.node], vec![table.store.clone()], factory)
     }
 
     /// Left stream–table join: every record is joined, with `None` when its key
@@ -432,13 +315,7 @@ impl<K: Data, V: Data> KStream<K, V> {
         self.check_partitioned("left join");
         let joiner = Arc::new(move |v: &V, t: Option<&VT>| Some(joiner(v, t)));
         let factory = join::factory(table, joiner);
-        self.add(
-            "KSTREAM-LEFTJOIN",
-            false,
-            &[self.node],
-            vec![table.store.clone()],
-            factory,
-        )
+        self.add("KSTREAM-LEFTJOIN", false, &[self.node], vec![table.store.clone()], factory)
     }
 
     /// Adds a processor of the low-level API below this stream, connected to
@@ -457,13 +334,7 @@ impl<K: Data, V: Data> KStream<K, V> {
         let factory: NodeFactory = Arc::new(move |_| ProcessorNode::boxed(supplier()));
         let stores = stores.iter().map(|s| s.to_string()).collect();
         let mut graph = self.graph.borrow_mut();
-        let node = graph.add(
-            name.to_string(),
-            NodeKind::Processor,
-            &[self.node],
-            stores,
-            factory,
-        );
+        let node = graph.add(name.to_string(), NodeKind::Processor, &[self.node], stores, factory);
         drop(graph);
         self.child(node, Some(name.to_string()))
     }
@@ -492,10 +363,8 @@ impl<K: Data, V: Data> Split<K, V> {
         let stream = self.stream;
         let predicates = Arc::new(self.predicates);
         let count = predicates.len();
-        let factory: NodeFactory =
-            Arc::new(move |_| ProcessorNode::boxed(BranchProcessor::new(predicates.clone())));
-        let branch: KStream<K, V> =
-            stream.add("KSTREAM-BRANCH", false, &[stream.node], Vec::new(), factory);
+        let factory: NodeFactory = Arc::new(move |_| ProcessorNode::boxed(BranchProcessor::new(predicates.clone())));
+        let branch: KStream<K, V> = stream.add("KSTREAM-BRANCH", false, &[stream.node], Vec::new(), factory);
         (0..count)
             .map(|_| {
                 let factory: NodeFactory = Arc::new(|_| {
@@ -503,13 +372,7 @@ impl<K: Data, V: Data> Split<K, V> {
                         |r: Record<K, V>, ctx: &mut ProcessorContext<'_, K, V>| ctx.forward(r),
                     )))
                 });
-                branch.add(
-                    "KSTREAM-BRANCHCHILD",
-                    false,
-                    &[branch.node],
-                    Vec::new(),
-                    factory,
-                )
+                branch.add("KSTREAM-BRANCHCHILD", false, &[branch.node], Vec::new(), factory)
             })
             .collect()
     }

@@ -4,9 +4,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::builder::GraphRef;
-use super::ops::aggregate::{
-    aggregator, reducer, AggregateProcessor, TableSourceProcessor, Update,
-};
+use super::ops::aggregate::{aggregator, reducer, AggregateProcessor, TableSourceProcessor, Update};
 use super::ops::source::{self, ValueDecoder};
 use super::stream::{Consumed, KStream};
 use super::windowed::{TimeWindowedKStream, TimeWindows};
@@ -25,10 +23,7 @@ pub struct Materialized<V> {
 impl<V> Materialized<V> {
     /// Store `name`, values encoded with `values`.
     pub fn new(name: impl Into<String>, values: impl Serde<V>) -> Self {
-        Materialized {
-            name: name.into(),
-            values: Arc::new(values),
-        }
+        Materialized { name: name.into(), values: Arc::new(values) }
     }
 }
 
@@ -58,22 +53,12 @@ impl<K, V> Clone for KTable<K, V> {
 }
 
 impl<K: Data, V: Data> KTable<K, V> {
-    pub(crate) fn from_topic(
-        graph: GraphRef,
-        topic: Topic,
-        consumed: Consumed<K, V>,
-        store: &str,
-    ) -> Self {
+    pub(crate) fn from_topic(graph: GraphRef, topic: Topic, consumed: Consumed<K, V>, store: &str) -> Self {
         graph.borrow_mut().add_store(store);
         let values = consumed.values.clone();
-        let decoder: ValueDecoder<Option<V>> =
-            Arc::new(move |bytes| bytes.map(|b| values.decode(b)).transpose());
+        let decoder: ValueDecoder<Option<V>> = Arc::new(move |bytes| bytes.map(|b| values.decode(b)).transpose());
         let source = source::add_source(&graph, vec![topic], consumed.keys.clone(), decoder);
-        let (name, keys, values) = (
-            store.to_string(),
-            consumed.keys.clone(),
-            consumed.values.clone(),
-        );
+        let (name, keys, values) = (store.to_string(), consumed.keys.clone(), consumed.values.clone());
         let factory: NodeFactory = Arc::new(move |_| {
             ProcessorNode::boxed(TableSourceProcessor {
                 store: name.clone(),
@@ -85,13 +70,7 @@ impl<K: Data, V: Data> KTable<K, V> {
         let node = {
             let mut g = graph.borrow_mut();
             let name = g.name("KTABLE-SOURCE");
-            g.add(
-                name,
-                NodeKind::Processor,
-                &[source],
-                vec![store.to_string()],
-                factory,
-            )
+            g.add(name, NodeKind::Processor, &[source], vec![store.to_string()], factory)
         };
         KTable {
             graph,
@@ -117,22 +96,9 @@ impl<K: Data, V: Data> KTable<K, V> {
             let mut g = graph.borrow_mut();
             g.add_store(&store);
             let name = g.name(prefix);
-            g.add(
-                name,
-                NodeKind::Processor,
-                &[stream.node],
-                vec![store.clone()],
-                factory,
-            )
+            g.add(name, NodeKind::Processor, &[stream.node], vec![store.clone()], factory)
         };
-        KTable {
-            graph,
-            node,
-            store,
-            keys,
-            values,
-            _types: PhantomData,
-        }
+        KTable { graph, node, store, keys, values, _types: PhantomData }
     }
 
     /// The name of the table's store.
@@ -147,8 +113,7 @@ impl<K: Data, V: Data> KTable<K, V> {
 
     /// The stream of the table's new values (deletions are left out).
     pub fn to_stream(&self) -> KStream<K, V> {
-        self.changes()
-            .flat_map_values(|change: Change<V>| change.new)
+        self.changes().flat_map_values(|change: Change<V>| change.new)
     }
 }
 
@@ -161,11 +126,7 @@ pub struct KGroupedStream<K, V> {
 
 impl<K: Data, V: Data> KGroupedStream<K, V> {
     pub(crate) fn new(stream: KStream<K, V>, keys: SerdeRef<K>, values: SerdeRef<V>) -> Self {
-        KGroupedStream {
-            stream,
-            keys,
-            values,
-        }
+        KGroupedStream { stream, keys, values }
     }
 
     /// Counts records per key, in store `name`.
@@ -174,18 +135,8 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
     }
 
     /// Combines the values of each key with `reduce` (the first value is kept as is).
-    pub fn reduce(
-        &self,
-        name: &str,
-        reduce: impl Fn(V, V) -> V + Send + Sync + 'static,
-    ) -> KTable<K, V> {
-        self.fold(
-            reducer(reduce),
-            Materialized {
-                name: name.to_string(),
-                values: self.values.clone(),
-            },
-        )
+    pub fn reduce(&self, name: &str, reduce: impl Fn(V, V) -> V + Send + Sync + 'static) -> KTable<K, V> {
+        self.fold(reducer(reduce), Materialized { name: name.to_string(), values: self.values.clone() })
     }
 
     /// Folds the values of each key into an aggregate starting from `init()`.
@@ -198,16 +149,8 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
         self.fold(aggregator(init, add), materialized)
     }
 
-    fn fold<A: Data>(
-        &self,
-        update: Update<K, V, A>,
-        materialized: Materialized<A>,
-    ) -> KTable<K, A> {
-        let (store, keys, values) = (
-            materialized.name.clone(),
-            self.keys.clone(),
-            materialized.values.clone(),
-        );
+    fn fold<A: Data>(&self, update: Update<K, V, A>, materialized: Materialized<A>) -> KTable<K, A> {
+        let (store, keys, values) = (materialized.name.clone(), self.keys.clone(), materialized.values.clone());
         let factory: NodeFactory = Arc::new(move |_| {
             ProcessorNode::boxed(AggregateProcessor {
                 store: store.clone(),

@@ -43,12 +43,7 @@ impl TimeWindows {
     pub fn hopping(size: Duration, advance: Duration) -> Self {
         let size = millis(size).max(1);
         let advance = millis(advance).clamp(1, size);
-        TimeWindows {
-            size,
-            advance,
-            grace: 0,
-            retention: 24 * 3_600_000,
-        }
+        TimeWindows { size, advance, grace: 0, retention: 24 * 3_600_000 }
     }
 
     /// Accepts out-of-order records up to `grace` after a window's end.
@@ -73,16 +68,11 @@ impl TimeWindows {
         let (size, advance) = (self.size, self.advance);
         let last_start = timestamp - timestamp.rem_euclid(advance);
         // Starts s = last_start - i * advance with s > timestamp - size.
-        let count = (last_start - (timestamp - size) + advance - 1)
-            .div_euclid(advance)
-            .max(0);
+        let count = (last_start - (timestamp - size) + advance - 1).div_euclid(advance).max(0);
         let first_start = last_start - (count - 1) * advance;
         (0..count).map(move |i| {
             let start = first_start + i * advance;
-            Window {
-                start,
-                end: start + size,
-            }
+            Window { start, end: start + size }
         })
     }
 }
@@ -119,20 +109,14 @@ pub struct WindowedSerde<K> {
 
 impl<K> Clone for WindowedSerde<K> {
     fn clone(&self) -> Self {
-        WindowedSerde {
-            inner: self.inner.clone(),
-            size: self.size,
-        }
+        WindowedSerde { inner: self.inner.clone(), size: self.size }
     }
 }
 
 impl<K> WindowedSerde<K> {
     /// Windowed keys with `inner` keys, for windows of `size`.
     pub fn new(inner: impl Serde<K>, size: Duration) -> Self {
-        WindowedSerde {
-            inner: Arc::new(inner),
-            size: millis(size),
-        }
+        WindowedSerde { inner: Arc::new(inner), size: millis(size) }
     }
 
     pub(crate) fn from_parts(inner: SerdeRef<K>, size: i64) -> Self {
@@ -148,20 +132,11 @@ impl<K: 'static> Serde<Windowed<K>> for WindowedSerde<K> {
 
     fn decode(&self, bytes: &[u8]) -> Result<Windowed<K>, SerdeError> {
         if bytes.len() < 8 {
-            return Err(SerdeError::decode(
-                "windowed",
-                "shorter than a window start",
-            ));
+            return Err(SerdeError::decode("windowed", "shorter than a window start"));
         }
         let (start, key) = bytes.split_at(8);
         let start = (u64::from_be_bytes(start.try_into().unwrap_or_default()) ^ (1 << 63)) as i64;
-        Ok(Windowed {
-            key: self.inner.decode(key)?,
-            window: Window {
-                start,
-                end: start + self.size,
-            },
-        })
+        Ok(Windowed { key: self.inner.decode(key)?, window: Window { start, end: start + self.size } })
     }
 }
 
@@ -190,31 +165,13 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
     }
 
     /// Combines the values per key and window with `reduce`.
-    pub fn reduce(
-        &self,
-        name: &str,
-        reduce: impl Fn(V, V) -> V + Send + Sync + 'static,
-    ) -> KTable<Windowed<K>, V> {
-        self.fold(
-            reducer(reduce),
-            Materialized {
-                name: name.to_string(),
-                values: self.values.clone(),
-            },
-        )
+    pub fn reduce(&self, name: &str, reduce: impl Fn(V, V) -> V + Send + Sync + 'static) -> KTable<Windowed<K>, V> {
+        self.fold(reducer(reduce), Materialized { name: name.to_string(), values: self.values.clone() })
     }
 
-    fn fold<A: Data>(
-        &self,
-        update: Update<K, V, A>,
-        materialized: Materialized<A>,
-    ) -> KTable<Windowed<K>, A> {
+    fn fold<A: Data>(&self, update: Update<K, V, A>, materialized: Materialized<A>) -> KTable<Windowed<K>, A> {
         let keys = WindowedSerde::from_parts(self.keys.clone(), self.windows.size);
-        let (store, values, windows) = (
-            materialized.name.clone(),
-            materialized.values.clone(),
-            self.windows,
-        );
+        let (store, values, windows) = (materialized.name.clone(), materialized.values.clone(), self.windows);
         let node_keys = keys.clone();
         let factory: NodeFactory = Arc::new(move |_| {
             ProcessorNode::boxed(WindowAggregateProcessor {
@@ -266,13 +223,7 @@ mod tests {
     #[test]
     fn windowed_keys_sort_by_start_then_key() {
         let serde = WindowedSerde::new(crate::serdes::Utf8, Duration::from_millis(10));
-        let key = |k: &str, start| Windowed {
-            key: k.to_string(),
-            window: Window {
-                start,
-                end: start + 10,
-            },
-        };
+        let key = |k: &str, start| Windowed { key: k.to_string(), window: Window { start, end: start + 10 } };
         let a = serde.encode(&key("b", -20)).unwrap();
         let b = serde.encode(&key("a", 0)).unwrap();
         let c = serde.encode(&key("b", 0)).unwrap();

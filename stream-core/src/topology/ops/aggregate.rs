@@ -42,16 +42,11 @@ impl<K: Data, V: Data, A: Data> Processor for AggregateProcessor<K, V, A> {
     type VOut = Change<A>;
 
     fn init(&mut self, ctx: &mut ProcessorContext<'_, K, Change<A>>) -> Result<()> {
-        self.handle =
-            Some(ctx.store_handle(&self.store, self.keys.clone(), self.values.clone())?);
+        self.handle = Some(ctx.store_handle(&self.store, self.keys.clone(), self.values.clone())?);
         Ok(())
     }
 
-    fn process(
-        &mut self,
-        ctx: &mut ProcessorContext<'_, K, Change<A>>,
-        record: Record<K, V>,
-    ) -> Result<()> {
+    fn process(&mut self, ctx: &mut ProcessorContext<'_, K, Change<A>>, record: Record<K, V>) -> Result<()> {
         let Some(handle) = &self.handle else {
             return Ok(());
         };
@@ -59,16 +54,8 @@ impl<K: Data, V: Data, A: Data> Processor for AggregateProcessor<K, V, A> {
         let old = store.get(&record.key)?;
         let new = (self.update)(&record.key, record.value, old.clone());
         store.put(&record.key, &new)?;
-        let change = Change {
-            old,
-            new: Some(new),
-        };
-        ctx.forward(Record {
-            key: record.key,
-            value: change,
-            timestamp: record.timestamp,
-            headers: record.headers,
-        })
+        let change = Change { old, new: Some(new) };
+        ctx.forward(Record { key: record.key, value: change, timestamp: record.timestamp, headers: record.headers })
     }
 }
 
@@ -87,16 +74,11 @@ impl<K: Data, V: Data> Processor for TableSourceProcessor<K, V> {
     type VOut = Change<V>;
 
     fn init(&mut self, ctx: &mut ProcessorContext<'_, K, Change<V>>) -> Result<()> {
-        self.handle =
-            Some(ctx.store_handle(&self.store, self.keys.clone(), self.values.clone())?);
+        self.handle = Some(ctx.store_handle(&self.store, self.keys.clone(), self.values.clone())?);
         Ok(())
     }
 
-    fn process(
-        &mut self,
-        ctx: &mut ProcessorContext<'_, K, Change<V>>,
-        record: Record<K, Option<V>>,
-    ) -> Result<()> {
+    fn process(&mut self, ctx: &mut ProcessorContext<'_, K, Change<V>>, record: Record<K, Option<V>>) -> Result<()> {
         let Some(handle) = &self.handle else {
             return Ok(());
         };
@@ -106,15 +88,7 @@ impl<K: Data, V: Data> Processor for TableSourceProcessor<K, V> {
             Some(value) => store.put(&record.key, value)?,
             None => store.delete(&record.key)?,
         }
-        let change = Change {
-            old,
-            new: record.value,
-        };
-        ctx.forward(Record {
-            key: record.key,
-            value: change,
-            timestamp: record.timestamp,
-            headers: record.headers,
-        })
+        let change = Change { old, new: record.value };
+        ctx.forward(Record { key: record.key, value: change, timestamp: record.timestamp, headers: record.headers })
     }
 }

@@ -33,11 +33,7 @@ impl<K: Data, V: Data, VT: Data, VR: Data> Processor for JoinProcessor<K, V, VT,
         Ok(())
     }
 
-    fn process(
-        &mut self,
-        ctx: &mut ProcessorContext<'_, K, VR>,
-        record: Record<K, V>,
-    ) -> Result<()> {
+    fn process(&mut self, ctx: &mut ProcessorContext<'_, K, VR>, record: Record<K, V>) -> Result<()> {
         let Some(table) = &self.table else {
             return Ok(());
         };
@@ -53,11 +49,7 @@ pub(crate) fn factory<K: Data, V: Data, VT: Data, VR: Data>(
     table: &KTable<K, VT>,
     joiner: Joiner<V, VT, VR>,
 ) -> NodeFactory {
-    let (store, keys, values) = (
-        table.store.clone(),
-        table.keys.clone(),
-        table.values.clone(),
-    );
+    let (store, keys, values) = (table.store.clone(), table.keys.clone(), table.values.clone());
     Arc::new(move |_| {
         ProcessorNode::boxed(JoinProcessor {
             store: store.clone(),

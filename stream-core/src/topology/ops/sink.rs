@@ -24,44 +24,27 @@ impl<K: Data, V: Data> Processor for SinkProcessor<K, V> {
     type KOut = ();
     type VOut = ();
 
-    fn process(
-        &mut self,
-        ctx: &mut ProcessorContext<'_, (), ()>,
-        record: Record<K, V>,
-    ) -> Result<()> {
+    fn process(&mut self, ctx: &mut ProcessorContext<'_, (), ()>, record: Record<K, V>) -> Result<()> {
         let key = self.keys.encode(&record.key)?;
         let value = self.values.encode(&record.value)?;
         let partition = match &self.partitioner {
             None => None,
             Some(choose) => {
-                let count = ctx.partitions_of(&self.topic).ok_or_else(|| {
-                    StreamError::Topology(TopologyError::UnknownTopic(self.topic.to_string()))
-                })?;
+                let count = ctx
+                    .partitions_of(&self.topic)
+                    .ok_or_else(|| StreamError::Topology(TopologyError::UnknownTopic(self.topic.to_string())))?;
                 Some(choose(&record.key, &record.value, count) % count.max(1))
             }
         };
-        let record = RawRecord {
-            key: Some(key),
-            value: Some(value),
-            timestamp: record.timestamp,
-            headers: record.headers,
-        };
-        ctx.emit(OutputRecord {
-            topic: self.topic.clone(),
-            partition,
-            record,
-        });
+        let record =
+            RawRecord { key: Some(key), value: Some(value), timestamp: record.timestamp, headers: record.headers };
+        ctx.emit(OutputRecord { topic: self.topic.clone(), partition, record });
         Ok(())
     }
 }
 
 /// Adds a sink below `parent` writing to `topic`.
-pub(crate) fn add_sink<K: Data, V: Data>(
-    graph: &GraphRef,
-    parent: usize,
-    topic: Topic,
-    produced: Produced<K, V>,
-) {
+pub(crate) fn add_sink<K: Data, V: Data>(graph: &GraphRef, parent: usize, topic: Topic, produced: Produced<K, V>) {
     let target = topic.clone();
     let factory: NodeFactory = Arc::new(move |app| {
         ProcessorNode::boxed(SinkProcessor {

@@ -33,29 +33,12 @@ impl<K: Data, V: Data> Node for SourceNode<K, V> {
     }
 
     fn process(&mut self, core: &mut TaskCore, id: usize, _: &mut dyn Any) -> Result<()> {
-        let raw = core
-            .raw
-            .as_ref()
-            .ok_or_else(|| StreamError::processing("internal error: source without record"))?;
+        let raw = core.raw.as_ref().ok_or_else(|| StreamError::processing("internal error: source without record"))?;
         // A record without key decodes as an empty key.
-        let key = self
-            .keys
-            .decode(raw.key.as_deref().unwrap_or_default())
-            .map_err(StreamError::Deserialization)?;
+        let key = self.keys.decode(raw.key.as_deref().unwrap_or_default()).map_err(StreamError::Deserialization)?;
         let value = (self.values)(raw.value.as_deref()).map_err(StreamError::Deserialization)?;
-        let record = Record {
-            key,
-            value,
-            timestamp: raw.timestamp,
-            headers: raw.headers.clone(),
-        };
-        ProcessorContext {
-            core,
-            node: id,
-            children: &self.children,
-            _out: PhantomData,
-        }
-        .forward(record)
+        let record = Record { key, value, timestamp: raw.timestamp, headers: raw.headers.clone() };
+        ProcessorContext { core, node: id, children: &self.children, _out: PhantomData }.forward(record)
     }
 
     fn punctuate(&mut self, _: &mut TaskCore, _: usize, _: PunctuationType, _: i64) -> Result<()> {
@@ -74,10 +57,7 @@ pub(crate) fn add_stream_source<K: Data, V: Data>(
     let values = consumed.values;
     let decoder: ValueDecoder<V> = Arc::new(move |bytes| match bytes {
         Some(bytes) => values.decode(bytes),
-        None => Err(SerdeError::decode(
-            "value",
-            "record has no value (tombstone)",
-        )),
+        None => Err(SerdeError::decode("value", "record has no value (tombstone)")),
     });
     add_source(graph, topics, consumed.keys, decoder)
 }
@@ -89,13 +69,8 @@ pub(crate) fn add_source<K: Data, V: Data>(
     keys: SerdeRef<K>,
     values: ValueDecoder<V>,
 ) -> usize {
-    let factory: NodeFactory = Arc::new(move |_| {
-        Box::new(SourceNode {
-            keys: keys.clone(),
-            values: values.clone(),
-            children: Vec::new(),
-        })
-    });
+    let factory: NodeFactory =
+        Arc::new(move |_| Box::new(SourceNode { keys: keys.clone(), values: values.clone(), children: Vec::new() }));
     let mut graph = graph.borrow_mut();
     let name = graph.name("KSTREAM-SOURCE");
     graph.add(name, NodeKind::Source(topics), &[], Vec::new(), factory)

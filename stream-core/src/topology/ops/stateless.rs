@@ -15,31 +15,20 @@ pub(crate) struct FnProcessor<KIn, VIn, KOut, VOut, F> {
 
 impl<KIn, VIn, KOut, VOut, F> FnProcessor<KIn, VIn, KOut, VOut, F> {
     pub(crate) fn new(f: Arc<F>) -> Self {
-        FnProcessor {
-            f,
-            _types: PhantomData,
-        }
+        FnProcessor { f, _types: PhantomData }
     }
 }
 
-impl<KIn: Data, VIn: Data, KOut: Data, VOut: Data, F> Processor
-    for FnProcessor<KIn, VIn, KOut, VOut, F>
+impl<KIn: Data, VIn: Data, KOut: Data, VOut: Data, F> Processor for FnProcessor<KIn, VIn, KOut, VOut, F>
 where
-    F: Fn(Record<KIn, VIn>, &mut ProcessorContext<'_, KOut, VOut>) -> Result<()>
-        + Send
-        + Sync
-        + 'static,
+    F: Fn(Record<KIn, VIn>, &mut ProcessorContext<'_, KOut, VOut>) -> Result<()> + Send + Sync + 'static,
 {
     type KIn = KIn;
     type VIn = VIn;
     type KOut = KOut;
     type VOut = VOut;
 
-    fn process(
-        &mut self,
-        ctx: &mut ProcessorContext<'_, KOut, VOut>,
-        record: Record<KIn, VIn>,
-    ) -> Result<()> {
+    fn process(&mut self, ctx: &mut ProcessorContext<'_, KOut, VOut>, record: Record<KIn, VIn>) -> Result<()> {
         (self.f)(record, ctx)
     }
 }
@@ -64,16 +53,8 @@ impl<K: Data, V: Data> Processor for BranchProcessor<K, V> {
     type KOut = K;
     type VOut = V;
 
-    fn process(
-        &mut self,
-        ctx: &mut ProcessorContext<'_, K, V>,
-        record: Record<K, V>,
-    ) -> Result<()> {
-        match self
-            .predicates
-            .iter()
-            .position(|p| p(&record.key, &record.value))
-        {
+    fn process(&mut self, ctx: &mut ProcessorContext<'_, K, V>, record: Record<K, V>) -> Result<()> {
+        match self.predicates.iter().position(|p| p(&record.key, &record.value)) {
             Some(branch) => ctx.forward_to(branch, record),
             None => Ok(()),
         }

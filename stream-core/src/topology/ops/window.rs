@@ -27,16 +27,11 @@ impl<K: Data, V: Data, A: Data> Processor for WindowAggregateProcessor<K, V, A> 
     type VOut = Change<A>;
 
     fn init(&mut self, ctx: &mut ProcessorContext<'_, Windowed<K>, Change<A>>) -> Result<()> {
-        self.handle =
-            Some(ctx.store_handle(&self.store, self.keys.clone(), self.values.clone())?);
+        self.handle = Some(ctx.store_handle(&self.store, self.keys.clone(), self.values.clone())?);
         Ok(())
     }
 
-    fn process(
-        &mut self,
-        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<A>>,
-        record: Record<K, V>,
-    ) -> Result<()> {
+    fn process(&mut self, ctx: &mut ProcessorContext<'_, Windowed<K>, Change<A>>, record: Record<K, V>) -> Result<()> {
         let Some(handle) = self.handle.clone() else {
             return Ok(());
         };
@@ -47,24 +42,13 @@ impl<K: Data, V: Data, A: Data> Processor for WindowAggregateProcessor<K, V, A> 
                 late = true;
                 continue;
             }
-            let key = Windowed {
-                key: record.key.clone(),
-                window,
-            };
+            let key = Windowed { key: record.key.clone(), window };
             let mut store = ctx.store(&handle);
             let old = store.get(&key)?;
             let new = (self.update)(&record.key, record.value.clone(), old.clone());
             store.put(&key, &new)?;
-            let change = Change {
-                old,
-                new: Some(new),
-            };
-            ctx.forward(Record {
-                key,
-                value: change,
-                timestamp: record.timestamp,
-                headers: record.headers.clone(),
-            })?;
+            let change = Change { old, new: Some(new) };
+            ctx.forward(Record { key, value: change, timestamp: record.timestamp, headers: record.headers.clone() })?;
         }
         if late {
             ctx.record_late_drop();
@@ -87,10 +71,8 @@ impl<K: Data, V: Data, A: Data> WindowAggregateProcessor<K, V, A> {
         }
         self.purged_at = now;
         // A window is expired when end <= now - retention, i.e. start < now - retention - size + 1.
-        let first_kept = now
-            .saturating_sub(self.windows.retention_ms())
-            .saturating_sub(self.windows.size)
-            .saturating_add(1);
+        let first_kept =
+            now.saturating_sub(self.windows.retention_ms()).saturating_sub(self.windows.size).saturating_add(1);
         let bound = encode_window_start(first_kept);
         let store = ctx.store(handle).into_inner();
         let expired: Vec<Vec<u8>> = store
