@@ -1,8 +1,9 @@
 //! The OPSCI retail app, composed from stream-core.
 //!
-//! Status: the CSV loaders produce to Kafka; the stock fold, the status
-//! policy, rejections and status events run on stream-core's test driver; the
-//! Kafka runtime (`run`, `status`) and the Strapi sync are not built yet.
+//! Status: the CSV loaders (`produce`) and the topology (`run`, on
+//! stream-core's at-least-once runtime, or in process on its test driver):
+//! validation, the stock fold, the status policy, rejections and status
+//! events. Not built yet: exactly-once, `status`, the Strapi sync.
 
 pub mod model;
 pub mod policy;

@@ -1,5 +1,6 @@
 //! `opsci-app`:
 //! - `opsci-app produce products|events|stock FILE` loads a CSV file onto its topic;
+//! - `opsci-app run` runs the OPSCI topology on Kafka until SIGINT or SIGTERM;
 //! - `opsci-app` (or `opsci-app demo`) runs the OPSCI topology in process
 //!   (stream-core's test driver, no broker) on the embedded sample products
 //!   and stock movements, and prints the resulting product table.
@@ -7,6 +8,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use opsci_app::sources::{self, KafkaConfig, Kind};
@@ -14,6 +18,7 @@ use opsci_app::sources::{self, KafkaConfig, Kind};
 use opsci_app::model::{Event, Product};
 use opsci_app::policy::StatusPolicy;
 use opsci_app::topology::{self, Rejection, Topics, PRODUCTS_STORE, STOCK_STORE};
+use stream_core::runtime::{Runtime, RuntimeConfig};
 use stream_core::serdes::{Bytes, Json, Utf8, I64};
 use stream_core::{StreamsConfig, TestDriver};
 
@@ -52,6 +57,23 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         kafka: KafkaArgs,
+    },
+    /// Runs the topology on Kafka until SIGINT or SIGTERM.
+    Run {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Application id: consumer group and prefix of internal topics.
+        #[arg(long, env = "APPLICATION_ID", default_value = "opsci")]
+        application_id: String,
+        /// Commit interval in milliseconds.
+        #[arg(long, env = "COMMIT_INTERVAL_MS", default_value_t = 100)]
+        commit_interval_ms: u64,
+        /// A product is in danger under this percentage of its reference stock.
+        #[arg(long, env = "DANGER_PERCENT", default_value_t = 10)]
+        danger_percent: u32,
+        /// A product is in danger under this many units, whatever its reference stock.
+        #[arg(long, env = "DANGER_FLOOR", default_value_t = 0)]
+        danger_floor: i64,
     },
     /// Runs the topology in process on the embedded samples (the default).
     Demo,
@@ -103,6 +125,33 @@ fn produce(kind: Kind, file: PathBuf, kafka: KafkaArgs) -> Result<bool, Box<dyn 
         summary.failed
     );
     Ok(summary.failed == 0)
+}
+
+fn run(
+    kafka: KafkaArgs,
+    application_id: String,
+    commit_interval: Duration,
+    policy: StatusPolicy,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    let kafka = kafka.config();
+    let topology = topology::build(&kafka.topics, policy)?;
+    let streams = StreamsConfig::new(application_id).dead_letter_to(kafka.topics.error.clone());
+    let mut config = RuntimeConfig::new(streams, kafka.brokers);
+    config.commit_interval = commit_interval;
+    config.properties = kafka.properties;
+    let mut runtime = Runtime::new(topology, config)?;
+    eprintln!("opsci-app: running; stop with SIGINT or SIGTERM");
+    runtime.run(|_| stop.load(Ordering::Relaxed))?;
+    let m = runtime.metrics();
+    eprintln!(
+        "opsci-app: stopped after {} records in, {} out, {} dead-lettered",
+        m.records_in, m.records_out, m.dead_lettered
+    );
+    Ok(true)
 }
 
 fn demo() -> Result<bool, Box<dyn std::error::Error>> {
@@ -165,6 +214,10 @@ fn demo() -> Result<bool, Box<dyn std::error::Error>> {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Some(Command::Produce { kind, file, kafka }) => produce(kind, file, kafka),
+        Some(Command::Run { kafka, application_id, commit_interval_ms, danger_percent, danger_floor }) => {
+            let policy = StatusPolicy { danger_percent, danger_floor };
+            run(kafka, application_id, Duration::from_millis(commit_interval_ms), policy)
+        }
         Some(Command::Demo) | None => demo(),
     };
     match result {
