@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use integration_tests::Broker;
 use opsci_app::sources::{produce, KafkaConfig, Kind};
 use opsci_app::topology::Topics;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 
 const PARTITIONS: i32 = 3;
 const PRODUCTS: u64 = 20;
@@ -26,13 +25,7 @@ fn latest(
     partitions: i32,
     done: impl Fn(&BTreeMap<Vec<u8>, Vec<u8>>, usize) -> bool,
 ) -> (BTreeMap<Vec<u8>, Vec<u8>>, usize) {
-    let consumer: BaseConsumer =
-        broker.client_config().set("group.id", format!("check-{topic}")).create().expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = broker.reader(topic, partitions, &[]);
     let (mut values, mut count) = (BTreeMap::new(), 0);
     let (deadline, mut last_record) = (Instant::now() + Duration::from_secs(60), Instant::now());
     while Instant::now() < deadline && !(done(&values, count) && last_record.elapsed() > Duration::from_secs(1)) {

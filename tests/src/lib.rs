@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 
 /// The broker version the tests are written against.
 pub const BROKER_VERSION: &str = "0.7.0";
@@ -105,6 +107,23 @@ impl Broker {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap).set("broker.address.family", "v4");
         config
+    }
+
+    /// A consumer of every partition of `topic`, from the beginning, with
+    /// extra `settings` (such as `isolation.level`).
+    pub fn reader(&self, topic: &str, partitions: i32, settings: &[(&str, &str)]) -> BaseConsumer {
+        let mut config = self.client_config();
+        config.set("group.id", format!("reader-{topic}")).set("enable.auto.commit", "false");
+        for (key, value) in settings {
+            config.set(*key, *value);
+        }
+        let consumer: BaseConsumer = config.create().expect("consumer");
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
+        }
+        consumer.assign(&assignment).expect("assign");
+        consumer
     }
 
     /// Creates `topic` with `partitions` partitions.

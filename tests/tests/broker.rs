@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use integration_tests::Broker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 
 /// Reads every partition of `topic` from the beginning until `done` holds or 20 s pass.
 fn read_all(
@@ -18,18 +18,7 @@ fn read_all(
     isolation: &str,
     done: impl Fn(&[(i32, String, String)]) -> bool,
 ) -> Vec<(i32, String, String)> {
-    let consumer: BaseConsumer = broker
-        .client_config()
-        .set("group.id", format!("reader-{topic}"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", isolation)
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = broker.reader(topic, partitions, &[("isolation.level", isolation)]);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done(&seen) && Instant::now() < deadline {

@@ -7,17 +7,11 @@ use std::time::{Duration, Instant};
 use integration_tests::Broker;
 use opsci_app::sources::{produce, KafkaConfig, Kind};
 use opsci_app::topology::Topics;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 
 /// (partition, key, value) of the first `count` records of `topic`.
 fn read(broker: &Broker, topic: &str, partitions: i32, count: usize) -> Vec<(i32, Option<String>, serde_json::Value)> {
-    let consumer: BaseConsumer = broker.client_config().set("group.id", "loader-test").create().expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = broker.reader(topic, partitions, &[]);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while seen.len() < count && Instant::now() < deadline {

@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use integration_tests::Broker;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use stream_core::runtime::{provenance, Runtime, RuntimeConfig};
 use stream_core::serdes::{Utf8, I64};
 use stream_core::{Consumed, Grouped, Materialized, Produced, StreamsBuilder, StreamsConfig, Topology};
@@ -54,12 +53,7 @@ fn run(broker: &Broker, count: u64) -> u64 {
 /// The latest total per key on the `totals` topic, once `expected` records
 /// were read; checks that each record names a distinct input record.
 fn read_totals(broker: &Broker, expected: usize) -> BTreeMap<String, i64> {
-    let consumer: BaseConsumer = broker.client_config().set("group.id", "totals-reader").create().expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        assignment.add_partition_offset("totals", p, Offset::Beginning).expect("partition");
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = broker.reader("totals", PARTITIONS, &[]);
     let (mut totals, mut read, mut sources) = (BTreeMap::new(), 0, std::collections::BTreeSet::new());
     let deadline = Instant::now() + Duration::from_secs(30);
     while read < expected && Instant::now() < deadline {
