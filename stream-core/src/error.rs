@@ -104,6 +104,9 @@ pub enum TopologyError {
     /// The topology has no source.
     #[error("the topology has no source topic")]
     Empty,
+    /// A task names a sub-topology the topology does not have.
+    #[error("the topology has no sub-topology {0}")]
+    UnknownSubTopology(u32),
 }
 
 /// An error raised while processing a record or a punctuation.

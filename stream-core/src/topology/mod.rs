@@ -137,7 +137,7 @@ impl Topology {
     }
 
     pub(crate) fn subtopology(&self, id: u32) -> Result<&SubTopology, TopologyError> {
-        self.subtopologies.get(id as usize).ok_or_else(|| TopologyError::UnknownTopic(format!("<sub-topology {id}>")))
+        self.subtopologies.get(id as usize).ok_or(TopologyError::UnknownSubTopology(id))
     }
 
     /// The text description of the topology.
