@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -121,6 +121,28 @@ pub struct Runtime {
     closed: TaskMetrics,
 }
 
+/// Copies what the runtime needs out of a consumed message.
+fn owned(message: &BorrowedMessage<'_>) -> (RecordMetadata, RawRecord) {
+    let mut headers = Headers::new();
+    if let Some(h) = message.headers() {
+        for header in h.iter() {
+            headers.add(header.key, header.value.unwrap_or_default());
+        }
+    }
+    let meta = RecordMetadata {
+        topic: Arc::from(message.topic()),
+        partition: message.partition() as u32,
+        offset: message.offset(),
+    };
+    let raw = RawRecord {
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        timestamp: message.timestamp().to_millis().unwrap_or_else(now_millis),
+        headers,
+    };
+    (meta, raw)
+}
+
 fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -199,38 +221,15 @@ impl Runtime {
     }
 
     fn step(&mut self, timeout: Duration) -> Result<(), RuntimeError> {
-        if let Some(message) = self.consumer.poll(timeout) {
-            let message = message?;
-            let topic = message.topic().to_string();
-            let partition = message.partition();
-            let offset = message.offset();
-            let Some(&subtopology) = self.readers.get(&topic) else {
-                return Ok(());
-            };
-            let id = TaskId { subtopology, partition: partition as u32 };
-            let mut headers = Headers::new();
-            if let Some(h) = message.headers() {
-                for header in h.iter() {
-                    headers.add(header.key, header.value.unwrap_or_default());
-                }
+        match self.consumer.poll(timeout) {
+            None => {}
+            // librdkafka retries on its own; a consumer error is reported, not fatal.
+            Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+            Some(Ok(message)) => {
+                let (meta, raw) = owned(&message);
+                drop(message);
+                self.process(meta, raw)?;
             }
-            let raw = RawRecord {
-                key: message.key().map(<[u8]>::to_vec),
-                value: message.payload().map(<[u8]>::to_vec),
-                timestamp: message.timestamp().to_millis().unwrap_or_else(now_millis),
-                headers,
-            };
-            drop(message);
-            if !self.tasks.contains_key(&id) {
-                self.open_task(id)?;
-            }
-            let meta = RecordMetadata { topic: Arc::from(topic.as_str()), partition: id.partition, offset };
-            if let Some(task) = self.tasks.get_mut(&id) {
-                task.process(meta.clone(), raw)?;
-                task.swap_output(&mut self.output);
-            }
-            self.positions.insert((topic, partition), offset + 1);
-            self.send_output(Some(&meta))?;
         }
         if self.last_commit.elapsed() >= self.config.commit_interval {
             let now = now_millis();
@@ -241,6 +240,24 @@ impl Runtime {
             self.close_revoked()?;
         }
         Ok(())
+    }
+
+    /// Runs one input record through its task (created and restored on its
+    /// first record) and produces what it output.
+    fn process(&mut self, meta: RecordMetadata, raw: RawRecord) -> Result<(), RuntimeError> {
+        let Some(&subtopology) = self.readers.get(&*meta.topic) else {
+            return Ok(());
+        };
+        let id = TaskId { subtopology, partition: meta.partition };
+        if !self.tasks.contains_key(&id) {
+            self.open_task(id)?;
+        }
+        if let Some(task) = self.tasks.get_mut(&id) {
+            task.process(meta.clone(), raw)?;
+            task.swap_output(&mut self.output);
+        }
+        self.positions.insert((meta.topic.to_string(), meta.partition as i32), meta.offset + 1);
+        self.send_output(Some(&meta))
     }
 
     fn open_task(&mut self, id: TaskId) -> Result<(), RuntimeError> {
