@@ -14,27 +14,36 @@ use stream_core::serdes::{Utf8, I64};
 use stream_core::{Consumed, Grouped, Materialized, Produced, StreamsBuilder, StreamsConfig, Topology};
 
 const PARTITIONS: i32 = 4;
+const SCALE_PARTITIONS: i32 = 8;
 
 fn topology() -> Topology {
+    fold_topology("movements", "totals")
+}
+
+fn fold_topology(input: &str, output: &str) -> Topology {
     let builder = StreamsBuilder::new();
     builder
-        .stream("movements", Consumed::with(Utf8, I64))
+        .stream(input, Consumed::with(Utf8, I64))
         .group_by_key(Grouped::with(Utf8, I64))
         .aggregate(|| 0, |_, amount, total| total + amount, Materialized::new("totals", I64))
         .to_stream()
-        .to("totals", Produced::with(Utf8, I64));
+        .to(output, Produced::with(Utf8, I64));
     builder.build().expect("topology")
 }
 
 /// Produces `count` movements starting at sequence `from`; returns them.
 fn produce(broker: &Broker, from: i64, count: i64) -> Vec<(String, i64)> {
+    produce_to(broker, "movements", from, count)
+}
+
+fn produce_to(broker: &Broker, topic: &str, from: i64, count: i64) -> Vec<(String, i64)> {
     let producer: BaseProducer =
         broker.client_config().set("partitioner", "murmur2_random").create().expect("producer");
     let movements: Vec<(String, i64)> =
         (from..from + count).map(|i| (format!("product-{}", i % 30), i % 17 - 8)).collect();
     for (key, amount) in &movements {
         let value = amount.to_be_bytes();
-        producer.send(BaseRecord::to("movements").key(key.as_str()).payload(&value[..])).expect("send");
+        producer.send(BaseRecord::to(topic).key(key.as_str()).payload(&value[..])).expect("send");
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
@@ -53,7 +62,11 @@ fn run(broker: &Broker, count: u64) -> u64 {
 /// The latest total per key on the `totals` topic, once `expected` records
 /// were read; checks that each record names a distinct input record.
 fn read_totals(broker: &Broker, expected: usize) -> BTreeMap<String, i64> {
-    let consumer = broker.reader("totals", PARTITIONS, &[]);
+    read_outputs(broker, "totals", PARTITIONS, "movements", expected)
+}
+
+fn read_outputs(broker: &Broker, topic: &str, partitions: i32, source: &str, expected: usize) -> BTreeMap<String, i64> {
+    let consumer = broker.reader(topic, partitions, &[]);
     let (mut totals, mut read, mut sources) = (BTreeMap::new(), 0, std::collections::BTreeSet::new());
     let deadline = Instant::now() + Duration::from_secs(30);
     while read < expected && Instant::now() < deadline {
@@ -67,7 +80,7 @@ fn read_totals(broker: &Broker, expected: usize) -> BTreeMap<String, i64> {
                 let h = headers.iter().find(|h| h.key == name).unwrap_or_else(|| panic!("header {name}"));
                 String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()
             };
-            assert_eq!(header(provenance::TOPIC), "movements");
+            assert_eq!(header(provenance::TOPIC), source);
             assert!(
                 sources.insert((header(provenance::PARTITION), header(provenance::OFFSET))),
                 "one output per input"
@@ -100,4 +113,47 @@ fn a_restarted_application_restores_its_state_from_the_changelog() {
     movements.extend(produce(&broker, 3_000, 1_000));
     assert_eq!(run(&broker, 1_000), 1_000, "the committed offsets were kept");
     assert_eq!(read_totals(&broker, 4_000), fold(&movements));
+}
+
+/// Two instances share 8 partitions: the second joins while the first is
+/// processing; the partitions that move are committed and closed by the
+/// first before the second restores and continues them. No record is lost or
+/// processed twice, and the table equals an independent fold.
+#[test]
+fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let broker = Broker::start();
+    broker.create_topic("scale-in", SCALE_PARTITIONS);
+    broker.create_topic("scale-out", SCALE_PARTITIONS);
+    let movements = produce_to(&broker, "scale-in", 0, 6_000);
+    let counts: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let start = |instance: usize| {
+        let (counts, bootstrap) = (counts.clone(), broker.bootstrap().to_string());
+        std::thread::spawn(move || {
+            let config = RuntimeConfig::new(StreamsConfig::new("scale-app"), bootstrap);
+            let mut runtime = Runtime::new(fold_topology("scale-in", "scale-out"), config).expect("runtime");
+            let deadline = Instant::now() + Duration::from_secs(90);
+            runtime
+                .run(|m| {
+                    counts[instance].store(m.records_in, Ordering::SeqCst);
+                    let total: u64 = counts.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+                    total >= 6_000 || Instant::now() > deadline
+                })
+                .expect("run");
+            runtime.metrics().records_in
+        })
+    };
+    let first = start(0);
+    let begun = Instant::now();
+    while counts[0].load(Ordering::SeqCst) < 500 && begun.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = start(1);
+    let (a, b) = (first.join().expect("first instance"), second.join().expect("second instance"));
+    assert_eq!(a + b, 6_000, "every record processed once ({a} + {b})");
+    eprintln!("records processed: first instance {a}, second {b}");
+    assert!(b > 0, "the second instance took over partitions");
+    assert_eq!(read_outputs(&broker, "scale-out", SCALE_PARTITIONS, "scale-in", 6_000), fold(&movements));
 }
