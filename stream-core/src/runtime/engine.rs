@@ -27,7 +27,7 @@ pub(super) struct Engine {
     pub(super) readers: HashMap<String, u32>,
     pub(super) tasks: BTreeMap<TaskId, Task>,
     /// Next offset to commit, per input partition.
-    pub(super) positions: HashMap<(String, i32), i64>,
+    pub(super) positions: HashMap<(Arc<str>, i32), i64>,
     pub(super) last_commit: Instant,
     pub(super) output: Vec<OutputRecord>,
     /// Metrics of tasks already closed.
@@ -49,7 +49,7 @@ impl Engine {
             task.process(meta.clone(), raw)?;
             task.swap_output(&mut self.output);
         }
-        self.positions.insert((meta.topic.to_string(), meta.partition as i32), meta.offset + 1);
+        self.positions.insert((meta.topic.clone(), meta.partition as i32), meta.offset + 1);
         self.send_output(Some(&meta))
     }
 
