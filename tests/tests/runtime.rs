@@ -121,16 +121,20 @@ fn a_restarted_application_restores_its_state_from_the_changelog() {
 /// processed twice, and the table equals an independent fold.
 #[test]
 fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
     let broker = Broker::start();
     broker.create_topic("scale-in", SCALE_PARTITIONS);
     broker.create_topic("scale-out", SCALE_PARTITIONS);
-    let movements = produce_to(&broker, "scale-in", 0, 6_000);
+    let mut movements = produce_to(&broker, "scale-in", 0, 6_000);
+    // Records processed by each instance; records produced; whether production is over.
     let counts: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let produced = Arc::new(AtomicU64::new(6_000));
+    let producing = Arc::new(AtomicBool::new(true));
     let start = |instance: usize| {
-        let (counts, bootstrap) = (counts.clone(), broker.bootstrap().to_string());
+        let (counts, produced, producing) = (counts.clone(), produced.clone(), producing.clone());
+        let bootstrap = broker.bootstrap().to_string();
         std::thread::spawn(move || {
             let config = RuntimeConfig::new(StreamsConfig::new("scale-app"), bootstrap);
             let mut runtime = Runtime::new(fold_topology("scale-in", "scale-out"), config).expect("runtime");
@@ -139,7 +143,8 @@ fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
                 .run(|m| {
                     counts[instance].store(m.records_in, Ordering::SeqCst);
                     let total: u64 = counts.iter().map(|c| c.load(Ordering::SeqCst)).sum();
-                    total >= 6_000 || Instant::now() > deadline
+                    let done = !producing.load(Ordering::SeqCst) && total >= produced.load(Ordering::SeqCst);
+                    done || Instant::now() > deadline
                 })
                 .expect("run");
             runtime.metrics().records_in
@@ -151,9 +156,19 @@ fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let second = start(1);
+    // Keep records coming until the second instance has taken part, so the
+    // hand-over happens mid-stream however fast the first instance is.
+    while counts[1].load(Ordering::SeqCst) == 0 && begun.elapsed() < Duration::from_secs(60) {
+        let from = produced.load(Ordering::SeqCst) as i64;
+        movements.extend(produce_to(&broker, "scale-in", from, 200));
+        produced.fetch_add(200, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    producing.store(false, Ordering::SeqCst);
     let (a, b) = (first.join().expect("first instance"), second.join().expect("second instance"));
-    assert_eq!(a + b, 6_000, "every record processed once ({a} + {b})");
+    let total = produced.load(Ordering::SeqCst);
+    assert_eq!(a + b, total, "every record processed once ({a} + {b})");
     eprintln!("records processed: first instance {a}, second {b}");
     assert!(b > 0, "the second instance took over partitions");
-    assert_eq!(read_outputs(&broker, "scale-out", SCALE_PARTITIONS, "scale-in", 6_000), fold(&movements));
+    assert_eq!(read_outputs(&broker, "scale-out", SCALE_PARTITIONS, "scale-in", total as usize), fold(&movements));
 }
