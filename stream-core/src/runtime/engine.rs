@@ -55,7 +55,7 @@ impl Engine {
 
     fn open_task(&mut self, id: TaskId) -> Result<(), RuntimeError> {
         let mut task = Task::new(&self.topology, id, &self.config.streams, self.partitions.clone(), now_millis())?;
-        restore::restore(&self.config, &mut task, id)?;
+        restore::restore(&self.config, &self.producer, &mut task, id)?;
         self.tasks.insert(id, task);
         Ok(())
     }

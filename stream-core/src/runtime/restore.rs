@@ -32,7 +32,13 @@ fn token() -> String {
 
 /// Replays each store's changelog partition into the task's stores, up to
 /// a marker appended when restoration starts, then commits them.
-pub(crate) fn restore(config: &RuntimeConfig, task: &mut Task, id: TaskId) -> Result<(), RuntimeError> {
+/// The markers are written with the runtime's own `producer`.
+pub(crate) fn restore(
+    config: &RuntimeConfig,
+    producer: &BaseProducer,
+    task: &mut Task,
+    id: TaskId,
+) -> Result<(), RuntimeError> {
     let changelogs: Vec<String> = task.changelogs().iter().map(|t| t.to_string()).collect();
     if changelogs.is_empty() {
         return Ok(());
@@ -42,7 +48,6 @@ pub(crate) fn restore(config: &RuntimeConfig, task: &mut Task, id: TaskId) -> Re
         .set("group.id", format!("{}-restore", config.streams.application_id))
         .set("enable.auto.commit", "false")
         .create()?;
-    let producer: BaseProducer = config.client().set("enable.idempotence", "true").set("acks", "all").create()?;
     let partition = id.partition as i32;
     let started = Instant::now();
     let mut restored = 0u64;
