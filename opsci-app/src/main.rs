@@ -27,17 +27,25 @@ const PRODUCTS: &str = include_str!("../data/products.csv");
 /// Sample movements, `id,amount,type`, some of them invalid on purpose.
 const STOCK: &str = include_str!("../data/stock.csv");
 
-/// The data rows of a small CSV sample (no quoted fields).
-fn rows(csv: &str) -> impl Iterator<Item = Vec<&str>> {
-    csv.lines().skip(1).filter(|l| !l.trim().is_empty()).map(|l| l.split(',').map(str::trim).collect())
-}
-
-/// A sample movement row as the course's producers would send it; an amount
-/// that is not a number is sent as text, for the topology to reject.
-fn movement_json(row: &[&str]) -> String {
-    let field = |i: usize| row.get(i).copied().unwrap_or_default();
-    let amount = field(1).parse::<i64>().map_or_else(|_| format!("{:?}", field(1)), |a| a.to_string());
-    format!(r#"{{"id":{},"amount":{},"type":{:?}}}"#, field(0), amount, field(2))
+/// Pipes a CSV sample into `topic` as `produce` would load it; returns the
+/// rows that did not parse (named `file:line`), as `produce` would send them
+/// to the error topic.
+fn load(
+    driver: &TestDriver,
+    kind: Kind,
+    topic: &str,
+    file: &str,
+    csv: &str,
+) -> Result<Vec<String>, stream_core::StreamError> {
+    let input = driver.input_topic(topic, Bytes, Bytes);
+    let mut errors = Vec::new();
+    for row in sources::parse(kind, csv.as_bytes()) {
+        match row {
+            Ok(row) => input.pipe(row.key.unwrap_or_default().into_bytes(), row.value.into_bytes())?,
+            Err(error) => errors.push(format!("{file}:{}: {}", error.line, error.reason)),
+        }
+    }
+    Ok(errors)
 }
 
 #[derive(Parser)]
@@ -160,26 +168,8 @@ fn demo() -> Result<bool, Box<dyn std::error::Error>> {
     let topology = topology::build(&topics, StatusPolicy::default())?;
     let driver = TestDriver::builder(topology).config(config).partitions(3).build()?;
 
-    let products = driver.input_topic(&topics.product, Utf8, Json::<Product>::new());
-    for (i, row) in rows(PRODUCTS).enumerate() {
-        let [name, description, stock, barcode] = row[..] else {
-            continue;
-        };
-        let id = i as u64 + 1;
-        let stock_available = stock.parse()?;
-        let product = Product {
-            id,
-            name: name.into(),
-            description: description.into(),
-            stock_available,
-            barcode: barcode.into(),
-        };
-        products.pipe(id.to_string(), product)?;
-    }
-    let stock = driver.input_topic(&topics.stock, Bytes, Bytes);
-    for row in rows(STOCK) {
-        stock.pipe(row[0].as_bytes().to_vec(), movement_json(&row).into_bytes())?;
-    }
+    let mut unloaded = load(&driver, Kind::Products, &topics.product, "products.csv", PRODUCTS)?;
+    unloaded.extend(load(&driver, Kind::Stock, &topics.stock, "stock.csv", STOCK)?);
 
     let catalogue = driver.store(PRODUCTS_STORE, Utf8, Json::<Product>::new()).all()?;
     let levels: BTreeMap<String, i64> = driver.store(STOCK_STORE, Utf8, I64).all()?.into_iter().collect();
@@ -198,7 +188,10 @@ fn demo() -> Result<bool, Box<dyn std::error::Error>> {
     }
     let rejections = driver.output_topic(&topics.error, Utf8, Json::<Rejection>::new()).read_records()?;
     let events = driver.output_topic(&topics.event, Utf8, Json::<Event>::new()).read_records()?;
-    println!("\n{} movements read, {} rejected:", rows(STOCK).count(), rejections.len());
+    println!("\n{} movements rejected, {} rows not loaded:", rejections.len(), unloaded.len());
+    for error in &unloaded {
+        println!("  {error}");
+    }
     for r in &rejections {
         let s = &r.value.source;
         println!("  {}[{}]@{}: {}", s.topic, s.partition, s.offset, r.value.message);
