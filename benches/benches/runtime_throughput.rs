@@ -69,7 +69,7 @@ fn runtime_fold(broker: &Broker, round: usize) -> f64 {
     let started = Instant::now();
     let config = RuntimeConfig::new(StreamsConfig::new(format!("bench-{round}")), broker.bootstrap());
     let mut runtime = Runtime::new(topology, config).expect("runtime");
-    runtime.run(|m| m.records_in >= RECORDS).expect("run");
+    runtime.run(|m| m.totals.records_in >= RECORDS).expect("run");
     started.elapsed().as_secs_f64()
 }
 

@@ -154,7 +154,7 @@ fn run(
     let mut runtime = Runtime::new(topology, config)?;
     eprintln!("opsci-app: running; stop with SIGINT or SIGTERM");
     runtime.run(|_| stop.load(Ordering::Relaxed))?;
-    let m = runtime.metrics();
+    let m = runtime.metrics().totals;
     eprintln!(
         "opsci-app: stopped after {} records in, {} out, {} dead-lettered",
         m.records_in, m.records_out, m.dead_lettered

@@ -47,6 +47,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The application holding the store stopped with a panic.
+    #[error("the store's application is no longer available")]
+    Unavailable,
     /// A processor asked for a store that is not connected to it.
     #[error("store `{0}` is not connected to this processor (connect it when adding the processor)")]
     NotConnected(String),

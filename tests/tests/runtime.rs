@@ -55,8 +55,8 @@ fn run(broker: &Broker, count: u64) -> u64 {
     let config = RuntimeConfig::new(StreamsConfig::new("fold-app"), broker.bootstrap());
     let mut runtime = Runtime::new(topology(), config).expect("runtime");
     let deadline = Instant::now() + Duration::from_secs(60);
-    runtime.run(|m| m.records_in >= count || Instant::now() > deadline).expect("run");
-    runtime.metrics().records_in
+    runtime.run(|m| m.totals.records_in >= count || Instant::now() > deadline).expect("run");
+    runtime.metrics().totals.records_in
 }
 
 /// The latest total per key on the `totals` topic, once `expected` records
@@ -141,13 +141,13 @@ fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
             let deadline = Instant::now() + Duration::from_secs(90);
             runtime
                 .run(|m| {
-                    counts[instance].store(m.records_in, Ordering::SeqCst);
+                    counts[instance].store(m.totals.records_in, Ordering::SeqCst);
                     let total: u64 = counts.iter().map(|c| c.load(Ordering::SeqCst)).sum();
                     let done = !producing.load(Ordering::SeqCst) && total >= produced.load(Ordering::SeqCst);
                     done || Instant::now() > deadline
                 })
                 .expect("run");
-            runtime.metrics().records_in
+            runtime.metrics().totals.records_in
         })
     };
     let first = start(0);

@@ -1,127 +1,281 @@
 //! The part of the runtime that owns the tasks and commits: shared with the
-//! consumer's rebalance callback, which commits and closes tasks before their
-//! partitions go to another instance.
+//! consumer's rebalance callback, which opens (fences, restores) the tasks of
+//! assigned partitions and commits and closes those of revoked ones.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{now_millis, provenance, restore, RuntimeConfig, RuntimeError};
+use super::dedupe::Seen;
+use super::metrics::{MetricsHandle, TaskStatus};
+use super::restore::{self, COMMIT_HEADER};
+use super::writer::{self, Guarantee, Writer};
+use super::{now_millis, provenance, RuntimeConfig, RuntimeError};
+use crate::error::StreamError;
 use crate::metrics::TaskMetrics;
-use crate::record::{OutputRecord, RawRecord, RecordMetadata};
+use crate::record::{Headers, OutputRecord, RawRecord, RecordMetadata};
 use crate::task::Task;
 use crate::topology::{TaskId, Topology};
 
-pub(super) struct Engine {
-    pub(super) topology: Topology,
-    pub(super) config: RuntimeConfig,
-    pub(super) producer: BaseProducer,
-    pub(super) partitions: Arc<BTreeMap<String, u32>>,
-    /// Source topic → the sub-topology reading it.
-    pub(super) readers: HashMap<String, u32>,
-    pub(super) tasks: BTreeMap<TaskId, Task>,
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A task and what the runtime keeps beside it.
+struct Running {
+    task: Task,
+    writer: Writer,
+    /// Number of its last successful commit.
+    head: u64,
     /// Next offset to commit, per input partition.
-    pub(super) positions: HashMap<(Arc<str>, i32), i64>,
+    positions: HashMap<(Arc<str>, i32), i64>,
+    seen: Seen,
+    restored: u64,
+}
+
+pub(super) struct Engine {
+    topology: Topology,
+    pub(super) config: RuntimeConfig,
+    /// The producer tasks share under [`Guarantee::AtLeastOnce`].
+    shared: Option<Arc<writer::TaskProducer>>,
+    partitions: Arc<BTreeMap<String, u32>>,
+    /// Source topic → the sub-topology reading it.
+    readers: HashMap<String, u32>,
+    /// Repartition topics, whose records are de-duplicated by provenance.
+    repartition: HashSet<String>,
+    tasks: BTreeMap<TaskId, Running>,
     pub(super) last_commit: Instant,
-    pub(super) output: Vec<OutputRecord>,
+    /// Reused for each record's output.
+    buffer: Vec<OutputRecord>,
     /// Metrics of tasks already closed.
-    pub(super) closed: TaskMetrics,
+    closed: TaskMetrics,
+    duplicates: u64,
+    /// Store records restored, over all restorations.
+    restored: u64,
+    pub(super) metrics: MetricsHandle,
+}
+
+/// The committed offset of `topic`/`partition` in `committed`, if any.
+fn committed_offset(committed: &TopicPartitionList, topic: &str, partition: i32) -> Option<i64> {
+    match committed.find_partition(topic, partition)?.offset() {
+        Offset::Offset(n) if n >= 0 => Some(n),
+        _ => None,
+    }
 }
 
 impl Engine {
-    /// Runs one input record through its task (created and restored on its
-    /// first record) and produces what it output.
+    pub(super) fn new(
+        topology: Topology,
+        config: RuntimeConfig,
+        partitions: BTreeMap<String, u32>,
+    ) -> Result<Engine, RuntimeError> {
+        let app = config.streams.application_id.clone();
+        let mut readers = HashMap::new();
+        for (i, sub) in topology.subtopologies.iter().enumerate() {
+            for topic in &sub.sources {
+                readers.insert(topic.resolve(&app), i as u32);
+            }
+        }
+        let shared = match config.guarantee {
+            Guarantee::ExactlyOnce => None,
+            Guarantee::AtLeastOnce => Some(writer::shared_producer(&config)?),
+        };
+        Ok(Engine {
+            repartition: topology.repartition_topics(&app).into_iter().collect(),
+            topology,
+            config,
+            shared,
+            partitions: Arc::new(partitions),
+            readers,
+            tasks: BTreeMap::new(),
+            last_commit: Instant::now(),
+            buffer: Vec::new(),
+            closed: TaskMetrics::default(),
+            duplicates: 0,
+            restored: 0,
+            metrics: MetricsHandle::default(),
+        })
+    }
+
+    /// The topics the consumer subscribes to.
+    pub(super) fn source_topics(&self) -> Vec<String> {
+        self.readers.keys().cloned().collect()
+    }
+
+    /// Opens the tasks of the `assigned` partitions: fences their earlier
+    /// owners, reads their last commit, restores their stores to it, and sets
+    /// `assigned`'s offsets to that commit's positions.
+    pub(super) fn open_tasks<C: ConsumerContext>(
+        &mut self,
+        consumer: &impl Consumer<C>,
+        assigned: &mut TopicPartitionList,
+    ) -> Result<(), RuntimeError> {
+        let ids: BTreeSet<TaskId> = assigned
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let subtopology = *self.readers.get(e.topic())?;
+                Some(TaskId { subtopology, partition: e.partition() as u32 })
+            })
+            .into_iter()
+            .filter(|id| !self.tasks.contains_key(id))
+            .collect();
+        for id in ids {
+            self.metrics.update(|m| {
+                m.tasks.insert(id, TaskStatus { restoring: true, ..TaskStatus::default() });
+            });
+            // Local state may hold writes of a commit the cluster lost or never
+            // saw; it is rebuilt from the changelogs (a local checkpoint that
+            // would spare the replay is not built).
+            let streams = &self.config.streams;
+            streams.state.wipe_task(&streams.application_id, &id.to_string()).map_err(StreamError::from)?;
+            let mut task = Task::new(&self.topology, id, streams, self.partitions.clone(), now_millis())?;
+            let mut writer = match &self.shared {
+                Some(producer) => Writer::Shared(producer.clone()),
+                None => Writer::transactional(&self.config, id)?,
+            };
+            // Read after fencing: no earlier owner can commit any more.
+            let partition = id.partition as i32;
+            let mut query = TopicPartitionList::new();
+            for topic in task.source_topics().chain(task.changelogs().first().map(|t| &**t)) {
+                query.add_partition(topic, partition);
+            }
+            let committed = consumer.committed_offsets(query, TIMEOUT)?;
+            let head = task
+                .changelogs()
+                .first()
+                .and_then(|t| committed_offset(&committed, t, partition))
+                .map_or(0, |n| n as u64);
+            let restored = restore::restore(&self.config, &mut writer, &mut task, id, head)?;
+            self.restored += restored.records;
+            for topic in task.source_topics() {
+                // Positions restored with the state first: they come from the same commit.
+                let restored_position = restored.positions.get(&(topic.to_string(), partition)).copied();
+                let position = restored_position.or_else(|| committed_offset(&committed, topic, partition));
+                let offset = position.map_or(Offset::Beginning, Offset::Offset);
+                if assigned.find_partition(topic, partition).is_some() {
+                    assigned.set_partition_offset(topic, partition, offset)?;
+                }
+            }
+            tracing::info!(task = %id, commit = head, positions = ?assigned, "task opened");
+            self.tasks.insert(
+                id,
+                Running {
+                    task,
+                    writer,
+                    head,
+                    positions: HashMap::new(),
+                    seen: restored.seen,
+                    restored: restored.records,
+                },
+            );
+        }
+        self.publish_metrics(None);
+        Ok(())
+    }
+
+    /// Runs one input record through its task and sends what it output, with
+    /// the record's provenance.
     pub(super) fn process(&mut self, meta: RecordMetadata, raw: RawRecord) -> Result<(), RuntimeError> {
         let Some(&subtopology) = self.readers.get(&*meta.topic) else {
             return Ok(());
         };
         let id = TaskId { subtopology, partition: meta.partition };
-        if !self.tasks.contains_key(&id) {
-            self.open_task(id)?;
+        let running = self.tasks.get_mut(&id).ok_or_else(|| {
+            StreamError::processing(format!("no task for {} partition {}", meta.topic, meta.partition))
+        })?;
+        running.positions.insert((meta.topic.clone(), meta.partition as i32), meta.offset + 1);
+        if self.repartition.contains(&*meta.topic) && running.seen.is_duplicate(&raw.headers) {
+            self.duplicates += 1;
+            return Ok(());
         }
-        if let Some(task) = self.tasks.get_mut(&id) {
-            task.process(meta.clone(), raw)?;
-            task.swap_output(&mut self.output);
+        running.task.process(meta.clone(), raw)?;
+        running.task.swap_output(&mut self.buffer);
+        let (partition, offset) = (meta.partition.to_string(), meta.offset.to_string());
+        for (rank, record) in self.buffer.drain(..).enumerate() {
+            let rank = rank.to_string();
+            let headers = [
+                (provenance::TOPIC, meta.topic.as_bytes()),
+                (provenance::PARTITION, partition.as_bytes()),
+                (provenance::OFFSET, offset.as_bytes()),
+                (provenance::RANK, rank.as_bytes()),
+            ];
+            // The rank is left out when 0, the common case.
+            let headers = if rank == "0" { &headers[..3] } else { &headers[..] };
+            running.writer.send(&record, headers)?;
         }
-        self.positions.insert((meta.topic.clone(), meta.partition as i32), meta.offset + 1);
-        self.send_output(Some(&meta))
-    }
-
-    fn open_task(&mut self, id: TaskId) -> Result<(), RuntimeError> {
-        let mut task = Task::new(&self.topology, id, &self.config.streams, self.partitions.clone(), now_millis())?;
-        restore::restore(&self.config, &self.producer, &mut task, id)?;
-        self.tasks.insert(id, task);
+        running.writer.poll();
         Ok(())
     }
 
-    /// Produces the records in `self.output`, with the provenance of `source`
-    /// (replacing any provenance they carried from upstream).
-    fn send_output(&mut self, source: Option<&RecordMetadata>) -> Result<(), RuntimeError> {
-        let provenance = source.map(|m| [m.topic.to_string(), m.partition.to_string(), m.offset.to_string()]);
-        let names = [provenance::TOPIC, provenance::PARTITION, provenance::OFFSET];
-        for record in self.output.drain(..) {
-            let mut headers = OwnedHeaders::new_with_capacity(record.record.headers.len() + 3);
-            for (key, value) in record.record.headers.iter().filter(|(k, _)| !names.contains(k)) {
-                headers = headers.insert(Header { key, value: Some(value) });
-            }
-            for (key, value) in names.iter().zip(provenance.iter().flatten()) {
-                headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
-            }
-            let mut out = BaseRecord::to(&record.topic).timestamp(record.record.timestamp).headers(headers);
-            if let Some(key) = &record.record.key {
-                out = out.key(key.as_slice());
-            }
-            if let Some(value) = &record.record.value {
-                out = out.payload(value.as_slice());
-            }
-            if let Some(partition) = record.partition {
-                out = out.partition(partition as i32);
-            }
-            loop {
-                match self.producer.send(out) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        self.producer.poll(Duration::from_millis(10));
-                        out = back;
-                    }
-                    Err((error, _)) => return Err(error.into()),
-                }
-            }
+    /// Runs the wall-clock punctuations due at `now` in every task.
+    pub(super) fn advance_wall_clock(&mut self, now: i64) -> Result<(), RuntimeError> {
+        for running in self.tasks.values_mut() {
+            running.task.advance_wall_clock(now)?;
         }
-        self.producer.poll(Duration::ZERO);
         Ok(())
     }
 
-    /// Writes outputs and changelogs, waits for them, commits the input
-    /// offsets, then makes the store writes durable.
+    /// Commits every task that did something since its last commit: its
+    /// outputs, its store changes (changelog records tagged with the commit's
+    /// number), the input positions and that number, together; then makes
+    /// the store writes durable locally.
     pub(super) fn commit<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>) -> Result<(), RuntimeError> {
-        for task in self.tasks.values_mut() {
-            task.prepare_commit();
-            let mut output = Vec::new();
-            task.swap_output(&mut output);
-            self.output.append(&mut output);
-        }
-        self.send_output(None)?;
-        self.producer.flush(Duration::from_secs(30))?;
-        if !self.positions.is_empty() {
-            let mut offsets = TopicPartitionList::new();
-            for ((topic, partition), offset) in &self.positions {
-                offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-            }
-            consumer.commit(&offsets, CommitMode::Sync)?;
-            self.positions.clear();
-        }
-        for task in self.tasks.values_mut() {
-            task.commit()?;
+        let started = Instant::now();
+        let mut committed = false;
+        for (id, running) in &mut self.tasks {
+            committed |= Self::commit_task(*id, running, &mut self.buffer, consumer)?;
         }
         self.last_commit = Instant::now();
+        self.publish_metrics(committed.then(|| started.elapsed()));
         Ok(())
+    }
+
+    fn commit_task<C: ConsumerContext>(
+        id: TaskId,
+        running: &mut Running,
+        buffer: &mut Vec<OutputRecord>,
+        consumer: &impl Consumer<C>,
+    ) -> Result<bool, RuntimeError> {
+        let number = running.head + 1;
+        let tag = Headers::new().with(COMMIT_HEADER, number.to_string());
+        running.task.prepare_commit(&tag);
+        running.task.swap_output(buffer);
+        let changelog = running.task.changelogs().first().cloned();
+        let idle = buffer.is_empty() && running.positions.is_empty() && !running.seen.has_changes();
+        if idle && !running.writer.is_open() {
+            return Ok(false);
+        }
+        for record in buffer.drain(..) {
+            running.writer.send(&record, &[])?;
+        }
+        let partition = id.partition as i32;
+        let mut offsets = TopicPartitionList::new();
+        if let Some(changelog) = &changelog {
+            let positions = running.positions.iter().map(|((t, p), o)| restore::position_entry(t, *p, *o));
+            for (key, value) in running.seen.take_changes().into_iter().chain(positions) {
+                let record =
+                    RawRecord { key: Some(key), value: Some(value), timestamp: now_millis(), headers: tag.clone() };
+                let record = OutputRecord { topic: changelog.clone(), partition: Some(id.partition), record };
+                running.writer.send(&record, &[])?;
+            }
+            // The commit number, stored atomically with the commit as the
+            // group's offset of the task's first changelog partition (the
+            // group never reads changelogs).
+            offsets.add_partition_offset(changelog, partition, Offset::Offset(number as i64))?;
+        }
+        for ((topic, partition), offset) in &running.positions {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        running.writer.commit(&offsets, consumer)?;
+        tracing::debug!(task = %id, number, ?offsets, "committed");
+        if changelog.is_some() {
+            running.head = number;
+        }
+        running.positions.clear();
+        running.task.commit()?;
+        Ok(true)
     }
 
     /// Closes the tasks that read one of `partitions` (being revoked).
@@ -131,31 +285,77 @@ impl Engine {
         let closing: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(id, task)| task.source_topics().any(|t| revoked.contains(&(t.to_string(), id.partition))))
+            .filter(|(id, r)| r.task.source_topics().any(|t| revoked.contains(&(t.to_string(), id.partition))))
             .map(|(id, _)| *id)
             .collect();
         for id in closing {
-            if let Some(mut task) = self.tasks.remove(&id) {
+            if let Some(running) = self.tasks.remove(&id) {
                 tracing::info!(task = %id, "partition revoked: task closed");
-                self.closed.add(task.metrics());
-                task.close();
+                self.close(running);
             }
         }
+        self.publish_metrics(None);
     }
 
     /// Closes every task.
     pub(super) fn close_all(&mut self) {
-        for (_, mut task) in std::mem::take(&mut self.tasks) {
-            self.closed.add(task.metrics());
-            task.close();
+        for (_, running) in std::mem::take(&mut self.tasks) {
+            self.close(running);
         }
+        self.publish_metrics(None);
     }
 
-    /// The metrics summed over all tasks run so far.
-    pub(super) fn metrics(&self) -> TaskMetrics {
+    fn close(&mut self, mut running: Running) {
+        self.closed.add(running.task.metrics());
+        running.task.close();
+    }
+
+    /// Refreshes the shared metrics; `commit` is the latency of a commit just made.
+    fn publish_metrics(&self, commit: Option<Duration>) {
+        let mut totals = self.closed;
+        let tasks: BTreeMap<TaskId, TaskStatus> = self
+            .tasks
+            .iter()
+            .map(|(id, r)| {
+                totals.add(r.task.metrics());
+                (*id, TaskStatus { metrics: *r.task.metrics(), restoring: false, restored_records: r.restored })
+            })
+            .collect();
+        self.metrics.update(|m| {
+            m.totals = totals;
+            // Tasks being opened (restoring) stay listed.
+            m.tasks.retain(|id, t| t.restoring && !tasks.contains_key(id));
+            m.tasks.extend(tasks);
+            m.duplicates_skipped = self.duplicates;
+            m.restored_records = self.restored;
+            if let Some(latency) = commit {
+                m.commits += 1;
+                m.commit_latency_last = latency;
+                m.commit_latency_max = m.commit_latency_max.max(latency);
+                m.commit_latency_total += latency;
+            }
+        });
+    }
+
+    /// Runs `f` on store `name` of every task that has one.
+    pub(super) fn for_each_store(
+        &mut self,
+        name: &str,
+        mut f: impl FnMut(&mut dyn crate::state::KeyValueStore) -> Result<(), crate::error::StoreError>,
+    ) -> Result<(), crate::error::StoreError> {
+        for running in self.tasks.values_mut() {
+            if let Some(store) = running.task.store_mut(name) {
+                f(store)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters summed over all tasks run so far, without copying the rest.
+    pub(super) fn totals(&self) -> TaskMetrics {
         let mut total = self.closed;
-        for task in self.tasks.values() {
-            total.add(task.metrics());
+        for running in self.tasks.values() {
+            total.add(running.task.metrics());
         }
         total
     }

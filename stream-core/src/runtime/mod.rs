@@ -1,38 +1,75 @@
-//! Runs a topology on a Kafka cluster.
+//! Runs a topology on a Kafka cluster, exactly once.
 //!
-//! Status: first version, **at-least-once**. One consumer in the group
-//! `application_id` reads the topology's source topics (repartition topics
-//! included); a task is created, and its stores restored from their changelog
-//! topics, when a partition of its sources is first seen; when the group
-//! takes partitions away, the rebalance callback commits and closes their
-//! tasks before another instance gets them. Every `commit_interval` the runtime writes
-//! the tasks' outputs and store changes (changelogs), waits for the broker to
-//! acknowledge them, commits the input offsets, then makes the store writes
-//! durable. A crash between those steps replays records (duplicates, never
-//! losses). Exactly-once (transactions with commit markers in the changelogs)
-//! is not built yet.
+//! One consumer in the group `application_id` reads the topology's source
+//! topics (repartition topics included). When the group assigns partitions,
+//! the runtime opens their tasks (one per sub-topology and partition) inside
+//! the rebalance callback, before any record is read: it fences the task's
+//! earlier owners (its transactional producer), reads the task's last commit,
+//! restores its stores to exactly that commit from their changelogs (see
+//! `restore`), and starts reading from that commit's input positions. When
+//! partitions are revoked, their tasks are committed and closed first.
+//!
+//! Every `commit_interval` each active task commits: with
+//! [`Guarantee::ExactlyOnce`] one Kafka transaction holds its outputs, its
+//! store changes (changelog records) and its input offsets; then the store
+//! writes are made durable locally. Any error stops the runtime with the open
+//! transactions abandoned; the next owner of each task resumes from its last
+//! commit. A fenced instance (a zombie) fails its next commit and stops
+//! without having written anything that counts.
+//!
+//! Recovery does not rely on the broker hiding the records of aborted
+//! transactions (the test broker shows them): changelog records carry their
+//! commit's number and restoration applies only successful commits; records
+//! read from repartition topics are de-duplicated by provenance (see `dedupe`).
+//!
+//! ```no_run
+//! use stream_core::runtime::{Runtime, RuntimeConfig};
+//! use stream_core::serdes::{Utf8, I64};
+//! use stream_core::{Consumed, Grouped, Materialized, Produced, StreamsBuilder, StreamsConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let builder = StreamsBuilder::new();
+//! builder
+//!     .stream("movements", Consumed::with(Utf8, I64))
+//!     .group_by_key(Grouped::with(Utf8, I64))
+//!     .aggregate(|| 0, |_, amount, total| total + amount, Materialized::new("totals", I64))
+//!     .to_stream()
+//!     .to("totals", Produced::with(Utf8, I64));
+//! let config = RuntimeConfig::new(StreamsConfig::new("stock-app"), "localhost:9092");
+//! let mut runtime = Runtime::new(builder.build()?, config)?;
+//! let stop = std::sync::atomic::AtomicBool::new(false); // set by a signal handler
+//! runtime.run(|_metrics| stop.load(std::sync::atomic::Ordering::Relaxed))?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod admin;
+mod dedupe;
 mod engine;
+mod metrics;
+mod query;
 mod restore;
+mod writer;
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers as _};
-use rdkafka::producer::BaseProducer;
-use rdkafka::{ClientContext, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, TopicPartitionList};
 
 use crate::config::StreamsConfig;
 use crate::error::{StreamError, TopologyError};
-use crate::metrics::TaskMetrics;
 use crate::record::{Headers, RawRecord, RecordMetadata};
 use crate::topology::Topology;
 use engine::Engine;
+pub use metrics::{MetricsHandle, RuntimeMetrics, TaskStatus};
+pub use query::StoreReader;
+pub use writer::Guarantee;
 
 /// Header names of the provenance the runtime adds to every output record
 /// produced while processing an input record: where that input was read.
@@ -44,13 +81,18 @@ pub mod provenance {
     pub const PARTITION: &str = "stream.source.partition";
     /// Source offset, as decimal text.
     pub const OFFSET: &str = "stream.source.offset";
+    /// Rank of the record among the outputs of that input, as decimal text;
+    /// absent for the first (rank 0).
+    pub const RANK: &str = "stream.source.rank";
 }
 
 /// Settings of the Kafka runtime.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Application id, error policies, state backend.
+    /// Application id, error policies, state backend (the state directory).
     pub streams: StreamsConfig,
+    /// Exactly-once (the default) or at-least-once.
+    pub guarantee: Guarantee,
     /// `bootstrap.servers`.
     pub bootstrap_servers: String,
     /// How often outputs, changelogs and offsets are committed (default 100 ms).
@@ -65,6 +107,7 @@ impl RuntimeConfig {
     pub fn new(streams: StreamsConfig, bootstrap_servers: impl Into<String>) -> Self {
         RuntimeConfig {
             streams,
+            guarantee: Guarantee::ExactlyOnce,
             bootstrap_servers: bootstrap_servers.into(),
             commit_interval: Duration::from_millis(100),
             properties: Vec::new(),
@@ -110,34 +153,67 @@ pub enum RuntimeError {
 
 /// A topology running on Kafka; see the [module docs](self).
 pub struct Runtime {
+    /// Its context owns the tasks (see [`Rebalancing`]).
     consumer: BaseConsumer<Rebalancing>,
-    engine: Arc<Mutex<Engine>>,
 }
 
-/// Commits and closes the tasks of revoked partitions, inside librdkafka's
-/// rebalance callback (which runs during `poll`, on the runtime's thread).
+/// Opens and closes tasks inside librdkafka's rebalance callback (which runs
+/// during `poll`, on the runtime's thread), and collects consumer lag.
 struct Rebalancing {
     engine: Arc<Mutex<Engine>>,
-    /// An error met in the callback, returned by the next `step`.
+    metrics: MetricsHandle,
+    /// An error met in a callback, returned by the next `step`.
     failure: Mutex<Option<RuntimeError>>,
 }
 
-impl ClientContext for Rebalancing {}
+impl ClientContext for Rebalancing {
+    fn stats(&self, statistics: Statistics) {
+        let lag = statistics.topics.iter().flat_map(|(topic, t)| {
+            t.partitions
+                .iter()
+                .filter(|(p, s)| **p >= 0 && s.consumer_lag >= 0)
+                .map(move |(p, s)| ((topic.clone(), *p as u32), s.consumer_lag))
+        });
+        let lag = lag.collect();
+        self.metrics.update(|m| m.lag = lag);
+    }
+}
 
-impl ConsumerContext for Rebalancing {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(partitions) = rebalance else { return };
-        let Ok(mut engine) = self.engine.lock() else { return };
+impl Rebalancing {
+    fn engine(&self) -> Result<MutexGuard<'_, Engine>, RuntimeError> {
+        self.engine.lock().map_err(|_| RuntimeError::Poisoned)
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList) -> Result<(), RuntimeError> {
+        self.engine()?.open_tasks(consumer, partitions)?;
+        consumer.assign(partitions)?;
+        Ok(())
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) -> Result<(), RuntimeError> {
+        let mut engine = self.engine()?;
         let result = engine.commit(consumer);
         engine.close_partitions(partitions);
+        consumer.unassign()?;
+        result
+    }
+}
+
+impl ConsumerContext for Rebalancing {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, event: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
+        let result = match event {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, partitions),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, partitions),
+            other => Err(KafkaError::Rebalance(other.into()).into()),
+        };
         if let Err(error) = result {
+            tracing::error!(%error, "rebalance failed");
             if let Ok(mut failure) = self.failure.lock() {
                 failure.get_or_insert(error);
             }
         }
     }
 }
-
 /// Copies what the runtime needs out of a consumed message.
 fn owned(message: &BorrowedMessage<'_>) -> (RecordMetadata, RawRecord) {
     let mut headers = Headers::new();
@@ -168,7 +244,6 @@ impl Runtime {
     /// Checks the topology against the cluster, creates the missing internal
     /// topics and joins the consumer group.
     pub fn new(topology: Topology, config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
-        let app = config.streams.application_id.clone();
         let metadata: BaseConsumer = config.client().create()?;
         let plan = admin::prepare_topics(&config, &topology, &metadata)?;
         let mut partitions = plan.topics.clone();
@@ -177,52 +252,35 @@ impl Runtime {
                 partitions.insert(topic, n);
             }
         }
-        let mut readers = HashMap::new();
-        for (i, sub) in topology.subtopologies.iter().enumerate() {
-            for topic in &sub.sources {
-                readers.insert(topic.resolve(&app), i as u32);
-            }
-        }
-        let producer: BaseProducer = config
-            .client()
-            .set("partitioner", "murmur2_random")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .create()?;
-        let topics: Vec<String> = readers.keys().cloned().collect();
-        let engine = Arc::new(Mutex::new(Engine {
-            topology,
-            producer,
-            partitions: Arc::new(partitions),
-            readers,
-            tasks: BTreeMap::new(),
-            positions: HashMap::new(),
-            last_commit: Instant::now(),
-            output: Vec::new(),
-            closed: TaskMetrics::default(),
-            config: config.clone(),
-        }));
-        let context = Rebalancing { engine: engine.clone(), failure: Mutex::new(None) };
+        let engine = Engine::new(topology, config.clone(), partitions)?;
+        let topics = engine.source_topics();
+        let metrics = engine.metrics.clone();
+        let context = Rebalancing { engine: Arc::new(Mutex::new(engine)), metrics, failure: Mutex::new(None) };
         let consumer: BaseConsumer<Rebalancing> = config
             .client()
-            .set("group.id", &app)
+            .set("group.id", &config.streams.application_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
+            .set("statistics.interval.ms", "1000")
             .create_with_context(context)?;
         consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
-        Ok(Runtime { consumer, engine })
+        Ok(Runtime { consumer })
     }
 
     fn engine(&self) -> Result<MutexGuard<'_, Engine>, RuntimeError> {
-        self.engine.lock().map_err(|_| RuntimeError::Poisoned)
+        self.consumer.context().engine()
     }
 
-    /// Processes records until `stop` returns true (it is given the metrics
-    /// summed over all tasks), then commits, closes the tasks and leaves the group.
-    pub fn run(&mut self, mut stop: impl FnMut(&TaskMetrics) -> bool) -> Result<(), RuntimeError> {
-        while !stop(&self.metrics()) {
+    /// Processes records until `stop` returns true (it is given the current
+    /// metrics), then commits, closes the tasks and leaves the group.
+    pub fn run(&mut self, mut stop: impl FnMut(&RuntimeMetrics) -> bool) -> Result<(), RuntimeError> {
+        loop {
+            let mut metrics = self.metrics_handle().snapshot();
+            metrics.totals = self.engine()?.totals();
+            if stop(&metrics) {
+                break;
+            }
             self.step(Duration::from_millis(50))?;
         }
         let mut engine = self.engine()?;
@@ -233,9 +291,23 @@ impl Runtime {
         Ok(())
     }
 
-    /// The metrics summed over all tasks this runtime has run.
-    pub fn metrics(&self) -> TaskMetrics {
-        self.engine.lock().map(|e| e.metrics()).unwrap_or_default()
+    /// A snapshot of the metrics (as of the last commit, with current totals).
+    pub fn metrics(&self) -> RuntimeMetrics {
+        let mut metrics = self.metrics_handle().snapshot();
+        if let Ok(engine) = self.engine() {
+            metrics.totals = engine.totals();
+        }
+        metrics
+    }
+
+    /// A reader of this runtime's stores for another thread (interactive queries).
+    pub fn store_reader(&self) -> StoreReader {
+        StoreReader(self.consumer.context().engine.clone())
+    }
+
+    /// A handle on the metrics for another thread.
+    pub fn metrics_handle(&self) -> MetricsHandle {
+        self.consumer.context().metrics.clone()
     }
 
     fn step(&mut self, timeout: Duration) -> Result<(), RuntimeError> {
@@ -251,10 +323,7 @@ impl Runtime {
             Some(Ok((meta, raw))) => engine.process(meta, raw)?,
         }
         if engine.last_commit.elapsed() >= engine.config.commit_interval {
-            let now = now_millis();
-            for task in engine.tasks.values_mut() {
-                task.advance_wall_clock(now)?;
-            }
+            engine.advance_wall_clock(now_millis())?;
             engine.commit(&self.consumer)?;
         }
         Ok(())

@@ -92,6 +92,19 @@ pub enum StateBackend {
 }
 
 impl StateBackend {
+    /// Deletes the local state of one task (RocksDB only): the Kafka runtime
+    /// rebuilds it from the changelogs, which alone say what was committed.
+    pub fn wipe_task(&self, application: &str, task: &str) -> Result<(), StoreError> {
+        let StateBackend::RocksDb(dir) = self else { return Ok(()) };
+        let path = dir.join(application).join(task);
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StoreError::Io { path: path.display().to_string(), source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Opens the stores of one task, kept (for RocksDB) under `<dir>/<application>/<task>`.
     pub fn open_task_stores(
         &self,

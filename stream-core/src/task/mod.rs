@@ -282,15 +282,16 @@ impl Task {
     }
 
     /// Appends the stores' staged changes to the output, as changelog records
-    /// for this task's partition. Call before producing a commit's output.
-    pub(crate) fn prepare_commit(&mut self) {
+    /// for this task's partition, with `headers`. Call before producing a
+    /// commit's output.
+    pub(crate) fn prepare_commit(&mut self, headers: &crate::record::Headers) {
         for (store, topic) in self.core.stores.iter().zip(&self.changelogs) {
             for (key, value) in store.pending_changes() {
                 let record = RawRecord {
                     key: Some(key),
                     value,
                     timestamp: self.core.stream_time.max(0),
-                    headers: Default::default(),
+                    headers: headers.clone(),
                 };
                 self.core.output.push(OutputRecord {
                     topic: topic.clone(),
@@ -310,7 +311,6 @@ impl Task {
     }
 
     /// Discards staged writes and pending output.
-    #[allow(dead_code)] // for the exactly-once commit path
     pub(crate) fn abort(&mut self) {
         self.core.output.clear();
         for store in &mut self.core.stores {

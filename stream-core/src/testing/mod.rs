@@ -24,7 +24,7 @@ use crate::config::StreamsConfig;
 use crate::error::Result;
 use crate::metrics::TaskMetrics;
 use crate::partitioner::partition_for_key;
-use crate::record::{OutputRecord, RawRecord, RecordMetadata};
+use crate::record::{Headers, OutputRecord, RawRecord, RecordMetadata};
 use crate::serdes::Serde;
 use crate::task::Task;
 use crate::topology::{PartitionPlan, TaskId, Topology};
@@ -320,7 +320,7 @@ impl DriverState {
         for i in 0..self.plan.tasks.len() {
             let id = self.plan.tasks[i];
             if let Some(task) = self.tasks.get_mut(&id) {
-                task.prepare_commit();
+                task.prepare_commit(&Headers::new());
                 task.commit()?;
             }
             self.route_output(id);

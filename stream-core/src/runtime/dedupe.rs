@@ -1,0 +1,147 @@
+//! De-duplication of repartition records by provenance.
+//!
+//! A broker that shows the records of aborted transactions (the test broker
+//! does) lets a task read, on a repartition topic, records that the upstream
+//! task wrote in a transaction it then abandoned, and the same records again
+//! when the upstream task redoes that work. Each repartition record names its
+//! input ([`super::provenance`]): the source topic, partition, offset, and its
+//! rank among the outputs of that input. Records from one source partition
+//! arrive in that order, so a task skips any record whose provenance is not
+//! after the last one it applied from that source partition. Processing must
+//! be deterministic for the redone records to equal the abandoned ones.
+//! With Apache Kafka, which hides aborted records, nothing is ever skipped.
+//!
+//! What a task has seen is part of its state: it is written to the task's
+//! first changelog (keys starting with [`PREFIX`]) in the same commit as the
+//! stores, and restored with them.
+
+use std::collections::{HashMap, HashSet};
+
+use super::provenance;
+use crate::record::Headers;
+
+/// Key prefix of the entries in the changelog; never a store key (see
+/// [`super::restore::MARKER_KEY`]).
+const PREFIX: &[u8] = b"\xffstream-core\xffseen\xff";
+
+/// Where one source partition was last seen: offset, then rank.
+type Position = (i64, u32);
+
+/// The provenance a task has applied, per source partition.
+#[derive(Default)]
+pub(crate) struct Seen {
+    last: HashMap<(String, u32), Position>,
+    changed: HashSet<(String, u32)>,
+}
+
+fn parse<T: std::str::FromStr>(headers: &Headers, name: &str) -> Option<T> {
+    headers.get_str(name)?.parse().ok()
+}
+
+impl Seen {
+    /// Whether a record with these headers was already applied; records
+    /// without provenance are never duplicates. Remembers the record otherwise.
+    pub(crate) fn is_duplicate(&mut self, headers: &Headers) -> bool {
+        let (Some(topic), Some(partition), Some(offset)) = (
+            headers.get_str(provenance::TOPIC),
+            parse::<u32>(headers, provenance::PARTITION),
+            parse::<i64>(headers, provenance::OFFSET),
+        ) else {
+            return false;
+        };
+        let position = (offset, parse::<u32>(headers, provenance::RANK).unwrap_or(0));
+        let source = (topic.to_string(), partition);
+        match self.last.get(&source) {
+            Some(last) if position <= *last => true,
+            _ => {
+                self.last.insert(source.clone(), position);
+                self.changed.insert(source);
+                false
+            }
+        }
+    }
+
+    /// Whether entries changed since [`Seen::take_changes`].
+    pub(crate) fn has_changes(&self) -> bool {
+        !self.changed.is_empty()
+    }
+
+    /// The changed entries as changelog records (key, value).
+    pub(crate) fn take_changes(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let changed: Vec<_> = self.changed.drain().collect();
+        changed
+            .into_iter()
+            .filter_map(|source| {
+                let (offset, rank) = self.last.get(&source)?;
+                let mut key = PREFIX.to_vec();
+                key.extend_from_slice(source.0.as_bytes());
+                key.push(0xff);
+                key.extend_from_slice(&source.1.to_be_bytes());
+                let mut value = offset.to_be_bytes().to_vec();
+                value.extend_from_slice(&rank.to_be_bytes());
+                Some((key, value))
+            })
+            .collect()
+    }
+
+    /// Whether a changelog key is one of these entries.
+    pub(crate) fn is_entry(key: &[u8]) -> bool {
+        key.starts_with(PREFIX)
+    }
+
+    /// Applies one restored entry; malformed entries are ignored.
+    pub(crate) fn restore(&mut self, key: &[u8], value: &[u8]) {
+        let Some(rest) = key.strip_prefix(PREFIX) else { return };
+        let Some(split) = rest.len().checked_sub(5) else { return };
+        let (topic, partition) = (&rest[..split], &rest[split + 1..]);
+        let (Ok(topic), Ok(partition), Ok(offset), Ok(rank)) = (
+            std::str::from_utf8(topic),
+            <[u8; 4]>::try_from(partition),
+            <[u8; 8]>::try_from(value.get(..8).unwrap_or_default()),
+            <[u8; 4]>::try_from(value.get(8..).unwrap_or_default()),
+        ) else {
+            return;
+        };
+        let position = (i64::from_be_bytes(offset), u32::from_be_bytes(rank));
+        self.last.insert((topic.to_string(), u32::from_be_bytes(partition)), position);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(offset: i64, rank: Option<u32>) -> Headers {
+        let mut h = Headers::new();
+        h.add(provenance::TOPIC, "stock").add(provenance::PARTITION, "2").add(provenance::OFFSET, offset.to_string());
+        if let Some(rank) = rank {
+            h.add(provenance::RANK, rank.to_string());
+        }
+        h
+    }
+
+    #[test]
+    fn records_not_after_the_last_applied_are_duplicates() {
+        let mut seen = Seen::default();
+        assert!(!seen.is_duplicate(&headers(10, None)));
+        assert!(!seen.is_duplicate(&headers(10, Some(1))), "second output of the same input");
+        assert!(seen.is_duplicate(&headers(10, None)));
+        assert!(seen.is_duplicate(&headers(9, None)));
+        assert!(!seen.is_duplicate(&headers(11, None)));
+        assert!(!seen.is_duplicate(&Headers::new()), "no provenance, no de-duplication");
+    }
+
+    #[test]
+    fn entries_survive_the_changelog() {
+        let mut seen = Seen::default();
+        seen.is_duplicate(&headers(41, Some(3)));
+        let mut restored = Seen::default();
+        for (key, value) in seen.take_changes() {
+            assert!(Seen::is_entry(&key));
+            restored.restore(&key, &value);
+        }
+        assert!(restored.is_duplicate(&headers(41, Some(3))));
+        assert!(!restored.is_duplicate(&headers(41, Some(4))));
+        assert!(!seen.has_changes());
+    }
+}

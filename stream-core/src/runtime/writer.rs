@@ -1,0 +1,220 @@
+//! How a task's records reach Kafka, for each processing guarantee.
+//!
+//! Exactly-once: each task has its own transactional producer
+//! (`transactional.id` = `<application-id>-<task>`), so the instance that
+//! opens a task fences every earlier owner of it; a commit is one
+//! transaction holding the task's outputs, changelog records and input
+//! offsets. At-least-once: the tasks share one idempotent producer; a commit
+//! flushes it, then commits the offsets.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use super::{RuntimeConfig, RuntimeError};
+use crate::record::OutputRecord;
+use crate::topology::TaskId;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which guarantee the runtime gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Guarantee {
+    /// Outputs, changelog records and input offsets of a commit are written
+    /// in one Kafka transaction: every input record affects state and
+    /// outputs once, even across crashes (the default).
+    #[default]
+    ExactlyOnce,
+    /// No transactions (for brokers without them): after a crash, records
+    /// since the last commit are processed again and their outputs written
+    /// twice. State is still restored to the last commit.
+    AtLeastOnce,
+}
+
+/// The producer settings every producer of the library uses: murmur2
+/// partitioning (as Java clients and the test driver), idempotence.
+pub(crate) fn producer_config(config: &RuntimeConfig) -> rdkafka::ClientConfig {
+    let mut client = config.client();
+    client
+        .set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5");
+    client
+}
+
+/// Remembers the first failed delivery, so that a commit never counts a
+/// record that was not written (librdkafka reports failures asynchronously).
+#[derive(Default)]
+pub(crate) struct Deliveries {
+    failure: Mutex<Option<KafkaError>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            if let Ok(mut failure) = self.failure.lock() {
+                failure.get_or_insert_with(|| error.clone());
+            }
+        }
+    }
+}
+
+impl Deliveries {
+    fn check(&self) -> Result<(), KafkaError> {
+        match self.failure.lock().ok().and_then(|mut f| f.take()) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The producer type of every writer.
+pub(crate) type TaskProducer = BaseProducer<Deliveries>;
+
+/// A shared idempotent producer for [`Guarantee::AtLeastOnce`].
+pub(crate) fn shared_producer(config: &RuntimeConfig) -> Result<Arc<TaskProducer>, KafkaError> {
+    Ok(Arc::new(producer_config(config).create_with_context(Deliveries::default())?))
+}
+
+/// One task's way of writing.
+pub(crate) enum Writer {
+    /// The task's own transactional producer; whether a transaction is open.
+    Transactional(TaskProducer, bool),
+    /// The runtime's shared producer.
+    Shared(Arc<TaskProducer>),
+}
+
+impl Writer {
+    /// A transactional writer for task `id`, fencing its earlier owners.
+    pub(crate) fn transactional(config: &RuntimeConfig, id: TaskId) -> Result<Writer, KafkaError> {
+        let producer: TaskProducer = producer_config(config)
+            .set("transactional.id", format!("{}-{id}", config.streams.application_id))
+            .create_with_context(Deliveries::default())?;
+        producer.init_transactions(TIMEOUT)?;
+        Ok(Writer::Transactional(producer, false))
+    }
+
+    fn producer(&mut self) -> Result<&TaskProducer, KafkaError> {
+        match self {
+            Writer::Transactional(producer, open) => {
+                if !*open {
+                    producer.begin_transaction()?;
+                    *open = true;
+                }
+                Ok(producer)
+            }
+            Writer::Shared(producer) => Ok(producer),
+        }
+    }
+
+    /// Whether a transaction holds records not committed yet.
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self, Writer::Transactional(_, true))
+    }
+
+    /// Sends `record` with `extra` headers added (replacing same-named ones).
+    pub(crate) fn send(&mut self, record: &OutputRecord, extra: &[(&str, &[u8])]) -> Result<(), RuntimeError> {
+        let producer = self.producer()?;
+        let mut headers = OwnedHeaders::new_with_capacity(record.record.headers.len() + extra.len());
+        for (key, value) in record.record.headers.iter().filter(|(k, _)| !extra.iter().any(|(e, _)| e == k)) {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+        for (key, value) in extra {
+            headers = headers.insert(Header { key, value: Some(*value) });
+        }
+        let mut out = BaseRecord::to(&record.topic).timestamp(record.record.timestamp).headers(headers);
+        if let Some(key) = &record.record.key {
+            out = out.key(key.as_slice());
+        }
+        if let Some(value) = &record.record.value {
+            out = out.payload(value.as_slice());
+        }
+        if let Some(partition) = record.partition {
+            out = out.partition(partition as i32);
+        }
+        loop {
+            match producer.send(out) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    producer.poll(Duration::from_millis(10));
+                    out = back;
+                }
+                Err((error, _)) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Serves delivery reports without blocking.
+    pub(crate) fn poll(&self) {
+        match self {
+            Writer::Transactional(producer, _) => producer.poll(Duration::ZERO),
+            Writer::Shared(producer) => producer.poll(Duration::ZERO),
+        }
+    }
+
+    /// Writes one record on its own and waits until it is stored (committed,
+    /// for a transactional writer).
+    pub(crate) fn write_marker(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), RuntimeError> {
+        let producer = self.producer()?;
+        producer.send(BaseRecord::to(topic).partition(partition).key(key).payload(value)).map_err(|(e, _)| e)?;
+        match self {
+            Writer::Transactional(producer, open) => {
+                *open = false;
+                producer.commit_transaction(TIMEOUT)?;
+            }
+            Writer::Shared(producer) => {
+                producer.flush(TIMEOUT)?;
+                producer.context().check()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits what was sent together with the consumer `offsets`: one
+    /// transaction, or a flush followed by an offset commit.
+    pub(crate) fn commit<C: ConsumerContext>(
+        &mut self,
+        offsets: &TopicPartitionList,
+        consumer: &impl Consumer<C>,
+    ) -> Result<(), RuntimeError> {
+        match self {
+            Writer::Transactional(producer, open) => {
+                let group = consumer
+                    .group_metadata()
+                    .ok_or_else(|| KafkaError::Subscription("the consumer has no group metadata".into()))?;
+                if !*open {
+                    producer.begin_transaction()?;
+                }
+                *open = false;
+                if offsets.count() > 0 {
+                    producer.send_offsets_to_transaction(offsets, &group, TIMEOUT)?;
+                }
+                producer.commit_transaction(TIMEOUT)?;
+            }
+            Writer::Shared(producer) => {
+                producer.flush(TIMEOUT)?;
+                producer.context().check()?;
+                if offsets.count() > 0 {
+                    consumer.commit(offsets, CommitMode::Sync)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
