@@ -17,6 +17,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
+pub mod strapi;
+
 /// The broker version the tests are written against.
 pub const BROKER_VERSION: &str = "0.7.0";
 
