@@ -18,6 +18,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::provenance;
+use super::restore::{parse_source_key, source_key};
 use crate::record::Headers;
 
 /// Key prefix of the entries in the changelog; never a store key (see
@@ -73,10 +74,7 @@ impl Seen {
             .into_iter()
             .filter_map(|source| {
                 let (offset, rank) = self.last.get(&source)?;
-                let mut key = PREFIX.to_vec();
-                key.extend_from_slice(source.0.as_bytes());
-                key.push(0xff);
-                key.extend_from_slice(&source.1.to_be_bytes());
+                let key = source_key(PREFIX, &source.0, source.1);
                 let mut value = offset.to_be_bytes().to_vec();
                 value.extend_from_slice(&rank.to_be_bytes());
                 Some((key, value))
@@ -91,19 +89,14 @@ impl Seen {
 
     /// Applies one restored entry; malformed entries are ignored.
     pub(crate) fn restore(&mut self, key: &[u8], value: &[u8]) {
-        let Some(rest) = key.strip_prefix(PREFIX) else { return };
-        let Some(split) = rest.len().checked_sub(5) else { return };
-        let (topic, partition) = (&rest[..split], &rest[split + 1..]);
-        let (Ok(topic), Ok(partition), Ok(offset), Ok(rank)) = (
-            std::str::from_utf8(topic),
-            <[u8; 4]>::try_from(partition),
+        let (Some(source), Ok(offset), Ok(rank)) = (
+            parse_source_key(PREFIX, key),
             <[u8; 8]>::try_from(value.get(..8).unwrap_or_default()),
             <[u8; 4]>::try_from(value.get(8..).unwrap_or_default()),
         ) else {
             return;
         };
-        let position = (i64::from_be_bytes(offset), u32::from_be_bytes(rank));
-        self.last.insert((topic.to_string(), u32::from_be_bytes(partition)), position);
+        self.last.insert(source, (i64::from_be_bytes(offset), u32::from_be_bytes(rank)));
     }
 }
 

@@ -193,17 +193,21 @@ impl Engine {
         running.task.process(meta.clone(), raw)?;
         running.task.swap_output(&mut self.buffer);
         let (partition, offset) = (meta.partition.to_string(), meta.offset.to_string());
+        let source = [
+            (provenance::TOPIC, meta.topic.as_bytes()),
+            (provenance::PARTITION, partition.as_bytes()),
+            (provenance::OFFSET, offset.as_bytes()),
+        ];
         for (rank, record) in self.buffer.drain(..).enumerate() {
-            let rank = rank.to_string();
-            let headers = [
-                (provenance::TOPIC, meta.topic.as_bytes()),
-                (provenance::PARTITION, partition.as_bytes()),
-                (provenance::OFFSET, offset.as_bytes()),
-                (provenance::RANK, rank.as_bytes()),
-            ];
             // The rank is left out when 0, the common case.
-            let headers = if rank == "0" { &headers[..3] } else { &headers[..] };
-            running.writer.send(&record, headers)?;
+            if rank == 0 {
+                running.writer.send(&record, &source)?;
+            } else {
+                let rank = rank.to_string();
+                let mut headers = source.to_vec();
+                headers.push((provenance::RANK, rank.as_bytes()));
+                running.writer.send(&record, &headers)?;
+            }
         }
         running.writer.poll();
         Ok(())

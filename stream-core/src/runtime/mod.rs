@@ -52,7 +52,7 @@ mod restore;
 mod writer;
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -275,13 +275,16 @@ impl Runtime {
     /// Processes records until `stop` returns true (it is given the current
     /// metrics), then commits, closes the tasks and leaves the group.
     pub fn run(&mut self, mut stop: impl FnMut(&RuntimeMetrics) -> bool) -> Result<(), RuntimeError> {
-        loop {
-            let mut metrics = self.metrics_handle().snapshot();
-            metrics.totals = self.engine()?.totals();
-            if stop(&metrics) {
-                break;
-            }
+        // The shared snapshot changes at commits only: copy it again once per
+        // commit interval, not for every record.
+        let interval = self.engine()?.config.commit_interval;
+        let (mut metrics, mut copied) = (self.metrics(), Instant::now());
+        while !stop(&metrics) {
             self.step(Duration::from_millis(50))?;
+            if copied.elapsed() >= interval {
+                (metrics, copied) = (self.metrics_handle().snapshot(), Instant::now());
+            }
+            metrics.totals = self.engine()?.totals();
         }
         let mut engine = self.engine()?;
         engine.commit(&self.consumer)?;

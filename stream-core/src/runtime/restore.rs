@@ -47,21 +47,32 @@ pub(crate) const COMMIT_HEADER: &str = "stream.commit";
 /// with the stores keeps state and positions from one and the same commit.
 const POSITION_PREFIX: &[u8] = b"\xffstream-core\xffposition\xff";
 
-/// The changelog record (key, value) saying that `topic`/`partition` resumes at `offset`.
-pub(crate) fn position_entry(topic: &str, partition: i32, offset: i64) -> (Vec<u8>, Vec<u8>) {
-    let mut key = POSITION_PREFIX.to_vec();
+/// The key of a changelog entry about source partition `topic`/`partition`:
+/// `prefix`, the topic, 0xff, the partition (4 bytes, big-endian).
+pub(crate) fn source_key(prefix: &[u8], topic: &str, partition: u32) -> Vec<u8> {
+    let mut key = prefix.to_vec();
     key.extend_from_slice(topic.as_bytes());
     key.push(0xff);
     key.extend_from_slice(&partition.to_be_bytes());
-    (key, offset.to_be_bytes().to_vec())
+    key
+}
+
+/// The source partition named by a key made with [`source_key`] and `prefix`.
+pub(crate) fn parse_source_key(prefix: &[u8], key: &[u8]) -> Option<(String, u32)> {
+    let rest = key.strip_prefix(prefix)?;
+    let split = rest.len().checked_sub(5)?;
+    let topic = std::str::from_utf8(&rest[..split]).ok()?.to_string();
+    Some((topic, u32::from_be_bytes(rest[split + 1..].try_into().ok()?)))
+}
+
+/// The changelog record (key, value) saying that `topic`/`partition` resumes at `offset`.
+pub(crate) fn position_entry(topic: &str, partition: i32, offset: i64) -> (Vec<u8>, Vec<u8>) {
+    (source_key(POSITION_PREFIX, topic, partition as u32), offset.to_be_bytes().to_vec())
 }
 
 fn parse_position(key: &[u8], value: &[u8]) -> Option<((String, i32), i64)> {
-    let rest = key.strip_prefix(POSITION_PREFIX)?;
-    let split = rest.len().checked_sub(5)?;
-    let topic = std::str::from_utf8(&rest[..split]).ok()?.to_string();
-    let partition = i32::from_be_bytes(rest[split + 1..].try_into().ok()?);
-    Some(((topic, partition), i64::from_be_bytes(value.try_into().ok()?)))
+    let (topic, partition) = parse_source_key(POSITION_PREFIX, key)?;
+    Some(((topic, partition as i32), i64::from_be_bytes(value.try_into().ok()?)))
 }
 
 /// What restoration found besides the stores' contents.

@@ -156,9 +156,13 @@ impl Writer {
 
     /// Serves delivery reports without blocking.
     pub(crate) fn poll(&self) {
+        self.inner().poll(Duration::ZERO);
+    }
+
+    fn inner(&self) -> &TaskProducer {
         match self {
-            Writer::Transactional(producer, _) => producer.poll(Duration::ZERO),
-            Writer::Shared(producer) => producer.poll(Duration::ZERO),
+            Writer::Transactional(producer, _) => producer,
+            Writer::Shared(producer) => producer,
         }
     }
 
@@ -173,6 +177,12 @@ impl Writer {
     ) -> Result<(), RuntimeError> {
         let producer = self.producer()?;
         producer.send(BaseRecord::to(topic).partition(partition).key(key).payload(value)).map_err(|(e, _)| e)?;
+        self.commit_records()
+    }
+
+    /// Commits the open transaction, or flushes the shared producer; either
+    /// way fails if a record was not delivered.
+    fn commit_records(&mut self) -> Result<(), RuntimeError> {
         match self {
             Writer::Transactional(producer, open) => {
                 *open = false;
@@ -193,27 +203,19 @@ impl Writer {
         offsets: &TopicPartitionList,
         consumer: &impl Consumer<C>,
     ) -> Result<(), RuntimeError> {
-        match self {
-            Writer::Transactional(producer, open) => {
-                let group = consumer
-                    .group_metadata()
-                    .ok_or_else(|| KafkaError::Subscription("the consumer has no group metadata".into()))?;
-                if !*open {
-                    producer.begin_transaction()?;
-                }
-                *open = false;
-                if offsets.count() > 0 {
-                    producer.send_offsets_to_transaction(offsets, &group, TIMEOUT)?;
-                }
-                producer.commit_transaction(TIMEOUT)?;
+        let shared = matches!(self, Writer::Shared(_));
+        if !shared {
+            let group = consumer
+                .group_metadata()
+                .ok_or_else(|| KafkaError::Subscription("the consumer has no group metadata".into()))?;
+            let producer = self.producer()?;
+            if offsets.count() > 0 {
+                producer.send_offsets_to_transaction(offsets, &group, TIMEOUT)?;
             }
-            Writer::Shared(producer) => {
-                producer.flush(TIMEOUT)?;
-                producer.context().check()?;
-                if offsets.count() > 0 {
-                    consumer.commit(offsets, CommitMode::Sync)?;
-                }
-            }
+        }
+        self.commit_records()?;
+        if shared && offsets.count() > 0 {
+            consumer.commit(offsets, CommitMode::Sync)?;
         }
         Ok(())
     }
