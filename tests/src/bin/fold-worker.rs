@@ -60,11 +60,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut runtime = Runtime::new(topology()?, config)?;
     let reader = runtime.store_reader();
     let (mut last_count, mut last_change, mut announced) = (0, Instant::now(), false);
+    let mut last_tasks = Vec::new();
     let mut dumped = Ok(());
     runtime.run(|metrics| {
         let count = metrics.totals.records_in;
-        if count == 0 || metrics.tasks.is_empty() || !metrics.is_running() {
-            // Idle time counts from the first record, once the tasks run.
+        let tasks: Vec<_> = metrics.tasks.keys().copied().collect();
+        if count == 0 || tasks.is_empty() || !metrics.is_running() || tasks != last_tasks {
+            last_tasks = tasks;
+            // Idle time counts from the first record, once the tasks run, and
+            // again after each change of assignment.
             last_change = Instant::now();
         }
         if count != last_count {
