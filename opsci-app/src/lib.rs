@@ -5,7 +5,13 @@
 //! validation, the stock fold, the status policy, rejections and status
 //! events. Not built yet: exactly-once, `status`, the Strapi sync.
 
+pub mod app;
+pub mod demo;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod sources;
+pub mod strapi;
 pub mod topology;

@@ -1,58 +1,44 @@
 //! `opsci-app`:
+//! - `opsci-app` (or `opsci-app demo`) runs the whole pipeline on embedded
+//!   defaults and prints the product table (see [`opsci_app::demo`]);
 //! - `opsci-app produce products|events|stock FILE` loads a CSV file onto its topic;
-//! - `opsci-app run` runs the OPSCI topology on Kafka until SIGINT or SIGTERM;
-//! - `opsci-app` (or `opsci-app demo`) runs the OPSCI topology in process
-//!   (stream-core's test driver, no broker) on the embedded sample products
-//!   and stock movements, and prints the resulting product table.
+//! - `opsci-app run` runs the topology, the Strapi sync and the HTTP
+//!   endpoint until SIGINT or SIGTERM;
+//! - `opsci-app status [ID]` prints stock and status from a running app.
 
-use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use opsci_app::sources::{self, KafkaConfig, Kind};
-
-use opsci_app::model::{Event, Product};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use opsci_app::app::{self, AppConfig};
+use opsci_app::kafka::KafkaConfig;
+use opsci_app::model::ProductState;
 use opsci_app::policy::StatusPolicy;
-use opsci_app::topology::{self, Rejection, Topics, PRODUCTS_STORE, STOCK_STORE};
-use stream_core::runtime::{Runtime, RuntimeConfig};
-use stream_core::serdes::{Bytes, Json, Utf8, I64};
-use stream_core::{StreamsConfig, TestDriver};
+use opsci_app::sources::{self, Kind};
+use opsci_app::strapi::Token;
+use opsci_app::topology::Topics;
+use stream_core::runtime::Guarantee;
 
-/// Sample products, `name,description,stock_available,barcode`; ids 1..N.
-const PRODUCTS: &str = include_str!("../data/products.csv");
-/// Sample movements, `id,amount,type`, some of them invalid on purpose.
-const STOCK: &str = include_str!("../data/stock.csv");
-
-/// Pipes a CSV sample into `topic` as `produce` would load it; returns the
-/// rows that did not parse (named `file:line`), as `produce` would send them
-/// to the error topic.
-fn load(
-    driver: &TestDriver,
-    kind: Kind,
-    topic: &str,
-    file: &str,
-    csv: &str,
-) -> Result<Vec<String>, stream_core::StreamError> {
-    let input = driver.input_topic(topic, Bytes, Bytes);
-    let mut errors = Vec::new();
-    for row in sources::parse(kind, csv.as_bytes()) {
-        match row {
-            Ok(row) => input.pipe(row.key.unwrap_or_default().into_bytes(), row.value.into_bytes())?,
-            Err(error) => errors.push(format!("{file}:{}: {}", error.line, error.reason)),
-        }
-    }
-    Ok(errors)
-}
+type Error = Box<dyn std::error::Error>;
 
 #[derive(Parser)]
 #[command(version, about = "The OPSCI stream processing app")]
 struct Cli {
+    /// Log format on stderr.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -66,25 +52,24 @@ enum Command {
         #[command(flatten)]
         kafka: KafkaArgs,
     },
-    /// Runs the topology on Kafka until SIGINT or SIGTERM.
-    Run {
-        #[command(flatten)]
-        kafka: KafkaArgs,
-        /// Application id: consumer group and prefix of internal topics.
-        #[arg(long, env = "APPLICATION_ID", default_value = "opsci")]
-        application_id: String,
-        /// Commit interval in milliseconds.
-        #[arg(long, env = "COMMIT_INTERVAL_MS", default_value_t = 100)]
-        commit_interval_ms: u64,
-        /// A product is in danger under this percentage of its reference stock.
-        #[arg(long, env = "DANGER_PERCENT", default_value_t = 10)]
-        danger_percent: u32,
-        /// A product is in danger under this many units, whatever its reference stock.
-        #[arg(long, env = "DANGER_FLOOR", default_value_t = 0)]
-        danger_floor: i64,
+    /// Runs the topology, the Strapi sync and the HTTP endpoint until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Prints stock and status per product, from a running app's HTTP endpoint.
+    Status {
+        /// Only this product.
+        id: Option<u64>,
+        /// The app's HTTP endpoint.
+        #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+        http_addr: SocketAddr,
     },
-    /// Runs the topology in process on the embedded samples (the default).
-    Demo,
+    /// Runs the whole pipeline on embedded defaults (the default command).
+    Demo {
+        /// Bootstrap servers; an in-process, non-durable cluster when unset.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: Option<String>,
+        #[command(flatten)]
+        strapi: StrapiArgs,
+    },
 }
 
 #[derive(Args)]
@@ -100,6 +85,9 @@ struct KafkaArgs {
     stock_topic: String,
     #[arg(long, env = "ERROR_TOPIC", default_value = "error")]
     error_topic: String,
+    /// The latest stock and status of each product (compacted; read by the Strapi sync).
+    #[arg(long, env = "CATALOGUE_TOPIC", default_value = "catalogue")]
+    catalogue_topic: String,
 }
 
 impl KafkaArgs {
@@ -114,13 +102,76 @@ impl KafkaArgs {
                 event: self.event_topic,
                 stock: self.stock_topic,
                 error: self.error_topic,
+                catalogue: self.catalogue_topic,
             },
             properties: Vec::new(),
         }
     }
 }
 
-fn produce(kind: Kind, file: PathBuf, kafka: KafkaArgs) -> Result<bool, Box<dyn std::error::Error>> {
+#[derive(Args)]
+struct StrapiArgs {
+    /// Strapi's base URL, such as http://localhost:1337.
+    #[arg(long, env = "STRAPI_URL")]
+    strapi_url: Option<String>,
+    /// A full-access Strapi API token (never printed).
+    #[arg(long, env = "STRAPI_TOKEN", hide_env_values = true)]
+    strapi_token: Option<String>,
+}
+
+impl StrapiArgs {
+    fn config(self) -> Result<Option<(String, Token)>, Error> {
+        match (self.strapi_url, self.strapi_token) {
+            (Some(url), Some(token)) => Ok(Some((url, Token::new(token)))),
+            (Some(_), None) => Err("STRAPI_URL is set but STRAPI_TOKEN is not".into()),
+            (None, _) => Ok(None),
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GuaranteeArg {
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    strapi: StrapiArgs,
+    /// Application id: consumer group and prefix of internal topics.
+    #[arg(long, env = "APPLICATION_ID", default_value = "opsci")]
+    application_id: String,
+    /// Processing guarantee.
+    #[arg(long, env = "GUARANTEE", value_enum, default_value_t = GuaranteeArg::ExactlyOnce)]
+    guarantee: GuaranteeArg,
+    /// Commit interval in milliseconds (also how long Strapi writes are coalesced).
+    #[arg(long, env = "COMMIT_INTERVAL_MS", default_value_t = 100)]
+    commit_interval_ms: u64,
+    /// A product is in danger under this percentage of its reference stock.
+    #[arg(long, env = "DANGER_PERCENT", default_value_t = 10)]
+    danger_percent: u32,
+    /// A product is in danger under this many units, whatever its reference stock.
+    #[arg(long, env = "DANGER_FLOOR", default_value_t = 0)]
+    danger_floor: i64,
+    /// Where tasks keep their RocksDB stores (rebuilt from changelogs when lost); in memory when unset.
+    #[arg(long, env = "STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Partitions of the topics the app creates when they are missing.
+    #[arg(long, env = "PARTITIONS", default_value_t = 6)]
+    partitions: u32,
+    /// Where to serve /metrics, /health and /products.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    /// Whether the events already on the event topic when the app first
+    /// starts go to Strapi too (true), or only later ones (false).
+    #[arg(long, env = "BEGINNING", default_value_t = true, action = clap::ArgAction::Set)]
+    beginning: bool,
+}
+
+fn produce(kind: Kind, file: PathBuf, kafka: KafkaArgs) -> Result<bool, Error> {
     let config = kafka.config();
     let summary = sources::produce(&config, kind, &file)?;
     println!(
@@ -135,83 +186,82 @@ fn produce(kind: Kind, file: PathBuf, kafka: KafkaArgs) -> Result<bool, Box<dyn 
     Ok(summary.failed == 0)
 }
 
-fn run(
-    kafka: KafkaArgs,
-    application_id: String,
-    commit_interval: Duration,
-    policy: StatusPolicy,
-) -> Result<bool, Box<dyn std::error::Error>> {
+fn run(args: RunArgs) -> Result<bool, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())?;
     }
-    let kafka = kafka.config();
-    let topology = topology::build(&kafka.topics, policy)?;
-    let streams = StreamsConfig::new(application_id).dead_letter_to(kafka.topics.error.clone());
-    let mut config = RuntimeConfig::new(streams, kafka.brokers);
-    config.commit_interval = commit_interval;
-    config.properties = kafka.properties;
-    let mut runtime = Runtime::new(topology, config)?;
-    eprintln!("opsci-app: running; stop with SIGINT or SIGTERM");
-    runtime.run(|_| stop.load(Ordering::Relaxed))?;
-    let m = runtime.metrics().totals;
-    eprintln!(
-        "opsci-app: stopped after {} records in, {} out, {} dead-lettered",
-        m.records_in, m.records_out, m.dead_lettered
+    let config = AppConfig {
+        kafka: args.kafka.config(),
+        application_id: args.application_id,
+        guarantee: match args.guarantee {
+            GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce,
+            GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
+        },
+        commit_interval: Duration::from_millis(args.commit_interval_ms),
+        policy: StatusPolicy { danger_percent: args.danger_percent, danger_floor: args.danger_floor },
+        state_dir: args.state_dir,
+        partitions: args.partitions,
+        strapi: args.strapi.config()?,
+        beginning: args.beginning,
+        http: Some(args.http_addr),
+    };
+    tracing::info!(brokers = %config.kafka.brokers, application = %config.application_id, "starting; stop with SIGINT or SIGTERM");
+    let totals = app::run(config, stop, |_| tracing::info!("running"))?;
+    tracing::info!(
+        records_in = totals.records_in,
+        records_out = totals.records_out,
+        dead_lettered = totals.dead_lettered,
+        "stopped"
     );
     Ok(true)
 }
 
-fn demo() -> Result<bool, Box<dyn std::error::Error>> {
-    let topics = Topics::default();
-    let config = StreamsConfig::new("opsci").dead_letter_to(topics.error.clone());
-    let topology = topology::build(&topics, StatusPolicy::default())?;
-    let driver = TestDriver::builder(topology).config(config).partitions(3).build()?;
-
-    let mut unloaded = load(&driver, Kind::Products, &topics.product, "products.csv", PRODUCTS)?;
-    unloaded.extend(load(&driver, Kind::Stock, &topics.stock, "stock.csv", STOCK)?);
-
-    let catalogue = driver.store(PRODUCTS_STORE, Utf8, Json::<Product>::new()).all()?;
-    let levels: BTreeMap<String, i64> = driver.store(STOCK_STORE, Utf8, I64).all()?.into_iter().collect();
-    let policy = StatusPolicy::default();
-    let mut table: Vec<_> = catalogue
-        .into_iter()
-        .map(|(key, p)| {
-            let stock = levels.get(&key).copied().unwrap_or(p.stock_available);
-            (p.id, p.name, stock, policy.status(stock, p.stock_available))
-        })
-        .collect();
-    table.sort_by_key(|row| row.0);
-    println!("{:>3}  {:<8} {:>5}  status", "id", "name", "stock");
-    for (id, name, stock, status) in table {
-        println!("{id:>3}  {name:<8} {stock:>5}  {status}");
+fn status(id: Option<u64>, addr: SocketAddr) -> Result<bool, Error> {
+    let host = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+    let url = match id {
+        Some(id) => format!("http://{host}/products/{id}"),
+        None => format!("http://{host}/products"),
+    };
+    let mut response = ureq::get(&url).call().map_err(|e| format!("{url}: {e} (is `opsci-app run` running?)"))?;
+    let body = response.body_mut().read_to_string()?;
+    let states: Vec<ProductState> = match id {
+        Some(_) => vec![serde_json::from_str(&body)?],
+        None => serde_json::from_str(&body)?,
+    };
+    println!("{:>5}  {:<24} {:>7}  status", "id", "name", "stock");
+    for s in states {
+        println!("{:>5}  {:<24} {:>7}  {}", s.product.id, s.product.name, s.stock, s.status);
     }
-    let rejections = driver.output_topic(&topics.error, Utf8, Json::<Rejection>::new()).read_records()?;
-    let events = driver.output_topic(&topics.event, Utf8, Json::<Event>::new()).read_records()?;
-    println!("\n{} movements rejected, {} rows not loaded:", rejections.len(), unloaded.len());
-    for error in &unloaded {
-        println!("  {error}");
-    }
-    for r in &rejections {
-        let s = &r.value.source;
-        println!("  {}[{}]@{}: {}", s.topic, s.partition, s.offset, r.value.message);
-    }
-    println!("{} status changes sent as events, for example:", events.len());
-    for e in events.iter().take(3) {
-        println!("  {}", e.value.value);
-    }
-    println!("(in process, no broker: stream-core's test driver)");
     Ok(true)
 }
 
+/// Logs on stderr, filtered by `RUST_LOG` (default: `default`).
+fn init_logs(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    // No subcommand: `demo`, with its settings from the environment.
+    let command = cli.command.or_else(|| Cli::try_parse_from(["opsci-app", "demo"]).ok()?.command);
+    // The demo prints its own story; the other commands log what they do.
+    let quiet = matches!(command, Some(Command::Demo { .. }) | Some(Command::Status { .. }));
+    init_logs(cli.log_format, if quiet { "warn" } else { "info" });
+    let result = match command {
         Some(Command::Produce { kind, file, kafka }) => produce(kind, file, kafka),
-        Some(Command::Run { kafka, application_id, commit_interval_ms, danger_percent, danger_floor }) => {
-            let policy = StatusPolicy { danger_percent, danger_floor };
-            run(kafka, application_id, Duration::from_millis(commit_interval_ms), policy)
+        Some(Command::Run(args)) => run(args),
+        Some(Command::Status { id, http_addr }) => status(id, http_addr),
+        Some(Command::Demo { brokers, strapi }) => {
+            strapi.config().and_then(|strapi| opsci_app::demo::run(brokers, strapi)).map(|()| true)
         }
-        Some(Command::Demo) | None => demo(),
+        None => Err("cannot read the demo's settings".into()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -54,7 +54,7 @@ impl Movement {
 }
 
 /// A product's stock status, as the Strapi `status` enumeration names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Enough stock.
@@ -73,6 +73,20 @@ impl std::fmt::Display for Status {
             Status::Empty => "empty",
         })
     }
+}
+
+/// A product as the catalogue shows it: its details with its current stock
+/// and status. The app writes one to the catalogue topic, keyed by product
+/// id, whenever either changes; the Strapi sync makes Strapi's product match
+/// the latest one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductState {
+    /// The product, as last loaded (its `stock_available` is the reference stock).
+    pub product: Product,
+    /// The current stock.
+    pub stock: i64,
+    /// The status of the current stock.
+    pub status: Status,
 }
 
 /// An event of the event topic (Strapi's `event` type): a readable sentence

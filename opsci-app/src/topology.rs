@@ -1,9 +1,11 @@
 //! The OPSCI topology on stream-core.
 //!
 //! ```text
-//! product ──► table `products` (upsert by id) ─────────────────────────┐
-//! stock ──► parse-movements ──┬─► (malformed) ───────────────────────► error
+//! product ──► table `products` (upsert by id) ──► product-state ───────────────► catalogue
+//!                      ┆ (read by fold-stock)
+//! stock ──► parse-movements ──┬─► (malformed) ─────────────────────────────────► error
 //!                             └─► repartition by product id ─► fold-stock ─┬─► (rejected) ─► error
+//!                                                                          ├─► (applied) ─► catalogue
 //!                                                                          └─► (status changed) ─► event
 //! ```
 //!
@@ -11,13 +13,21 @@
 //! subtracts `OUT`, and rejects an `OUT` that would take the stock below zero;
 //! every rejection reaches the error topic with the movement, its source
 //! topic, partition and offset, and the reason.
+//!
+//! The catalogue topic (compacted, keyed by product id) receives the
+//! [`ProductState`] of a product whenever it is loaded or its stock changes;
+//! the Strapi sync ([`crate::strapi`]) keeps Strapi equal to its latest
+//! values.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use stream_core::processor::{Processor, ProcessorContext, StoreHandle};
 use stream_core::serdes::{Bytes, Json, Utf8, I64};
 use stream_core::{Consumed, Produced, Record, Repartitioned, StreamsBuilder, Topology, TopologyError};
 
-use crate::model::{Direction, Event, Movement, Product, Status};
+use crate::metrics::AppMetrics;
+use crate::model::{Direction, Event, Movement, Product, ProductState, Status};
 use crate::policy::StatusPolicy;
 
 /// Topic names (the course's defaults).
@@ -31,11 +41,19 @@ pub struct Topics {
     pub stock: String,
     /// Rejected records, with their reason.
     pub error: String,
+    /// The latest [`ProductState`] of each product (compacted).
+    pub catalogue: String,
 }
 
 impl Default for Topics {
     fn default() -> Self {
-        Topics { product: "product".into(), event: "event".into(), stock: "stock".into(), error: "error".into() }
+        Topics {
+            product: "product".into(),
+            event: "event".into(),
+            stock: "stock".into(),
+            error: "error".into(),
+            catalogue: "catalogue".into(),
+        }
     }
 }
 
@@ -55,7 +73,7 @@ pub struct Source {
     pub offset: i64,
 }
 
-/// Why a movement was rejected.
+/// Why a record was sent to the error topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum Reason {
@@ -91,6 +109,44 @@ pub enum Reason {
         /// Units in stock.
         available: i64,
     },
+    /// An event that is not `{"value": "...", "metadata": ...}`.
+    MalformedEvent {
+        /// The parser's message.
+        detail: String,
+    },
+    /// Strapi refused the product or event (a client error; retrying cannot help).
+    StrapiRejected {
+        /// The request and Strapi's message.
+        detail: String,
+    },
+}
+
+impl Reason {
+    /// The `code` of each reason, in declaration order.
+    pub const CODES: [&'static str; 8] = [
+        "malformed_json",
+        "bad_id",
+        "bad_amount",
+        "bad_type",
+        "unknown_product",
+        "insufficient_stock",
+        "malformed_event",
+        "strapi_rejected",
+    ];
+
+    /// The position of this reason's code in [`Reason::CODES`].
+    pub fn index(&self) -> usize {
+        match self {
+            Reason::MalformedJson { .. } => 0,
+            Reason::BadId { .. } => 1,
+            Reason::BadAmount { .. } => 2,
+            Reason::BadType { .. } => 3,
+            Reason::UnknownProduct { .. } => 4,
+            Reason::InsufficientStock { .. } => 5,
+            Reason::MalformedEvent { .. } => 6,
+            Reason::StrapiRejected { .. } => 7,
+        }
+    }
 }
 
 impl std::fmt::Display for Reason {
@@ -104,11 +160,13 @@ impl std::fmt::Display for Reason {
             Reason::InsufficientStock { requested, available } => {
                 write!(f, "insufficient stock: OUT {requested} with {available} in stock")
             }
+            Reason::MalformedEvent { detail } => write!(f, "malformed event: {detail}"),
+            Reason::StrapiRejected { detail } => write!(f, "refused by Strapi: {detail}"),
         }
     }
 }
 
-/// A rejected movement, as written to the error topic.
+/// A rejected record, as written to the error topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
     /// Why.
@@ -122,7 +180,8 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: Reason, record: String, source: Source) -> Self {
+    /// The rejection of `record`, read at `source`, for `reason`.
+    pub fn new(reason: Reason, record: String, source: Source) -> Self {
         Rejection { message: reason.to_string(), reason, record, source }
     }
 }
@@ -275,6 +334,59 @@ impl Processor for StockFold {
     }
 }
 
+/// Turns a product (new or updated) into its catalogue state: the current
+/// stock if movements were applied, else the product's `stock_available`.
+struct ProductStates {
+    policy: StatusPolicy,
+    stock: Option<StoreHandle<String, i64>>,
+}
+
+impl Processor for ProductStates {
+    type KIn = String;
+    type VIn = Product;
+    type KOut = String;
+    type VOut = ProductState;
+
+    fn init(&mut self, ctx: &mut ProcessorContext<'_, String, ProductState>) -> stream_core::Result<()> {
+        self.stock = Some(ctx.store_handle(STOCK_STORE, Utf8, I64)?);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, String, ProductState>,
+        record: Record<String, Product>,
+    ) -> stream_core::Result<()> {
+        let Some(handle) = &self.stock else {
+            return Err(stream_core::StreamError::processing("product-state used before init"));
+        };
+        let stock = ctx.store(handle).get(&record.key)?.unwrap_or(record.value.stock_available);
+        let status = self.policy.status(stock, record.value.stock_available);
+        let state = ProductState { product: record.value.clone(), stock, status };
+        ctx.forward(record.with_value(state))
+    }
+}
+
+/// The catalogue as the stores hold it: each product of `products` with its
+/// stock from `stock` (its `stock_available` when no movement was applied)
+/// and status, by product id.
+pub fn product_states(
+    products: Vec<(String, Product)>,
+    stock: Vec<(String, i64)>,
+    policy: &StatusPolicy,
+) -> Vec<ProductState> {
+    let stock: std::collections::HashMap<String, i64> = stock.into_iter().collect();
+    let mut states: Vec<ProductState> = products
+        .into_iter()
+        .map(|(key, product)| {
+            let stock = stock.get(&key).copied().unwrap_or(product.stock_available);
+            ProductState { status: policy.status(stock, product.stock_available), stock, product }
+        })
+        .collect();
+    states.sort_by_key(|s| s.product.id);
+    states
+}
+
 /// The event announcing a status change.
 pub fn status_event(applied: &Applied) -> Event {
     let p = &applied.product;
@@ -292,15 +404,24 @@ pub fn status_event(applied: &Applied) -> Event {
     }
 }
 
-/// Builds the OPSCI topology.
-pub fn build(topics: &Topics, policy: StatusPolicy) -> Result<Topology, TopologyError> {
+/// Builds the OPSCI topology; it counts movements in `metrics`.
+pub fn build(topics: &Topics, policy: StatusPolicy, metrics: Arc<AppMetrics>) -> Result<Topology, TopologyError> {
     let builder = StreamsBuilder::new();
-    builder.table(&topics.product, Consumed::with(Utf8, Json::<Product>::new()), PRODUCTS_STORE);
+    let catalogue = || Produced::with(Utf8, Json::<ProductState>::new());
+    let products = builder.table(&topics.product, Consumed::with(Utf8, Json::<Product>::new()), PRODUCTS_STORE);
     builder.add_state_store(STOCK_STORE);
+    products
+        .to_stream()
+        .process("product-state", &[STOCK_STORE], move || ProductStates { policy, stock: None })
+        .to(&topics.catalogue, catalogue());
     let rejected = || Produced::with(Utf8, Json::<Rejection>::new());
     let parsed =
         builder.stream(&topics.stock, Consumed::with(Bytes, Bytes)).process("parse-movements", &[], || ParseMovements);
-    parsed.flat_map_values(|p: Result<Envelope, Rejection>| p.err()).to(&topics.error, rejected());
+    let counted = metrics.clone();
+    parsed
+        .flat_map_values(|p: Result<Envelope, Rejection>| p.err())
+        .peek(move |_, r| counted.movement_rejected(&r.reason))
+        .to(&topics.error, rejected());
     let outcomes = parsed
         .flat_map_values(|p: Result<Envelope, Rejection>| p.ok())
         .repartition(Repartitioned::with(Utf8, Json::new()).named("stock-by-product"))
@@ -309,12 +430,22 @@ pub fn build(topics: &Topics, policy: StatusPolicy) -> Result<Topology, Topology
             products: None,
             stock: None,
         });
+    let outcomes = outcomes.peek(move |_, o| match o {
+        Outcome::Applied(_) => metrics.movement_applied(),
+        Outcome::Rejected(r) => metrics.movement_rejected(&r.reason),
+    });
     outcomes
         .flat_map_values(|o: Outcome| match o {
             Outcome::Rejected(r) => Some(r),
             Outcome::Applied(_) => None,
         })
         .to(&topics.error, rejected());
+    outcomes
+        .flat_map_values(|o: Outcome| match o {
+            Outcome::Applied(a) => Some(ProductState { product: a.product, stock: a.stock, status: a.status }),
+            Outcome::Rejected(_) => None,
+        })
+        .to(&topics.catalogue, catalogue());
     outcomes
         .flat_map_values(|o: Outcome| match o {
             Outcome::Applied(a) if a.status != a.old_status => Some(status_event(&a)),

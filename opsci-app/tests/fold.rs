@@ -17,7 +17,7 @@ fn product(id: u64, stock: i64) -> Product {
 
 fn driver(partitions: u32, policy: StatusPolicy) -> TestDriver {
     let topics = Topics::default();
-    let topology = topology::build(&topics, policy).expect("topology");
+    let topology = topology::build(&topics, policy, Default::default()).expect("topology");
     TestDriver::builder(topology)
         .config(StreamsConfig::new("opsci").dead_letter_to("error"))
         .partitions(partitions)

@@ -9,4 +9,5 @@ pub mod csv;
 mod producer;
 
 pub use self::csv::{parse, Kind, Row, RowError};
-pub use producer::{produce, KafkaConfig, ProduceError, Summary};
+pub use crate::kafka::KafkaConfig;
+pub use producer::{produce, ProduceError, Summary};

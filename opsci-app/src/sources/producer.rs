@@ -5,25 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
 use super::csv::{parse, Kind};
+use crate::kafka::KafkaConfig;
 use crate::topology::Topics;
-
-/// Where to produce.
-#[derive(Debug, Clone)]
-pub struct KafkaConfig {
-    /// `bootstrap.servers`.
-    pub brokers: String,
-    /// Topic names.
-    pub topics: Topics,
-    /// Extra librdkafka properties (security.protocol, sasl.*, ssl.*, ...).
-    /// Their values are never logged.
-    pub properties: Vec<(String, String)>,
-}
 
 /// What a load did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,17 +91,7 @@ fn send(producer: &BaseProducer<Deliveries>, mut record: BaseRecord<'_, str, str
 pub fn produce(config: &KafkaConfig, kind: Kind, path: &Path) -> Result<Summary, ProduceError> {
     let io = |source| ProduceError::Io { path: path.display().to_string(), source };
     let rows = parse(kind, std::fs::File::open(path).map_err(io)?);
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.brokers)
-        .set("partitioner", "murmur2_random")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5");
-    for (key, value) in &config.properties {
-        client.set(key, value);
-    }
-    let producer: BaseProducer<Deliveries> = client.create_with_context(Deliveries::default())?;
+    let producer: BaseProducer<Deliveries> = config.producer().create_with_context(Deliveries::default())?;
     let topic = topic_of(kind, &config.topics);
     let bar = ProgressBar::new(rows.len() as u64);
     bar.set_style(

@@ -1,0 +1,142 @@
+//! The app's HTTP endpoint (axum):
+//!
+//! - `GET /metrics`: Prometheus text format ([`crate::metrics::render`]);
+//! - `GET /health`: 200 when every task assigned to this instance is
+//!   restored and running, 503 while one is restoring;
+//! - `GET /products/{id}`: one product's [`ProductState`], from this
+//!   instance's stores (404 when no task of this instance holds it);
+//! - `GET /products?status=danger`: the products this instance holds,
+//!   optionally only those with a status.
+//!
+//! Each instance answers for the partitions assigned to it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use stream_core::runtime::{MetricsHandle, StoreReader};
+use stream_core::serdes::{Json as JsonSerde, Utf8, I64};
+
+use crate::metrics::{render, AppMetrics};
+use crate::model::{Product, ProductState, Status};
+use crate::policy::StatusPolicy;
+use crate::topology::{product_states, PRODUCTS_STORE, STOCK_STORE};
+
+/// What the endpoint reads.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The runtime's stores.
+    pub stores: StoreReader,
+    /// The runtime's metrics.
+    pub runtime: MetricsHandle,
+    /// The app's counters.
+    pub app: Arc<AppMetrics>,
+    /// The status policy.
+    pub policy: StatusPolicy,
+}
+
+impl ApiState {
+    fn products(&self) -> Result<Vec<ProductState>, Response> {
+        let unavailable = |e: stream_core::StoreError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
+        let products = self.stores.all(PRODUCTS_STORE, Utf8, JsonSerde::<Product>::new()).map_err(unavailable)?;
+        let stock = self.stores.all(STOCK_STORE, Utf8, I64).map_err(unavailable)?;
+        Ok(product_states(products, stock, &self.policy))
+    }
+}
+
+/// The routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/products", get(products))
+        .route("/products/{id}", get(product))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut by_status = BTreeMap::<Status, u64>::new();
+    for product in state.products().unwrap_or_default() {
+        *by_status.entry(product.status).or_default() += 1;
+    }
+    let text = render(&state.runtime.snapshot(), &state.app, &by_status);
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn health(State(state): State<ApiState>) -> Response {
+    let runtime = state.runtime.snapshot();
+    let restoring: Vec<String> =
+        runtime.tasks.iter().filter(|(_, t)| t.restoring).map(|(id, _)| id.to_string()).collect();
+    let body = serde_json::json!({
+        "status": if restoring.is_empty() { "ready" } else { "restoring" },
+        "tasks": runtime.tasks.len(),
+        "restoring": restoring,
+    });
+    let code = if restoring.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+#[derive(Deserialize)]
+struct Filter {
+    status: Option<String>,
+}
+
+async fn products(State(state): State<ApiState>, Query(filter): Query<Filter>) -> Response {
+    let wanted = match filter.status.as_deref().map(|s| serde_json::from_value::<Status>(s.into())) {
+        Some(Err(_)) => {
+            let message = "status must be safe, danger or empty";
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message }))).into_response();
+        }
+        Some(Ok(status)) => Some(status),
+        None => None,
+    };
+    match state.products() {
+        Ok(all) => {
+            Json(all.into_iter().filter(|p| wanted.is_none_or(|s| p.status == s)).collect::<Vec<_>>()).into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+async fn product(State(state): State<ApiState>, Path(id): Path<u64>) -> Response {
+    match state.products() {
+        Ok(all) => match all.into_iter().find(|p| p.product.id == id) {
+            Some(product) => Json(product).into_response(),
+            None => {
+                let error = format!("product {id} is not held by this instance");
+                (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": error }))).into_response()
+            }
+        },
+        Err(response) => response,
+    }
+}
+
+/// Serves the routes on `addr` from a thread of its own until `stop` is set.
+/// Returns once the socket is bound (or could not be).
+pub fn serve(
+    addr: SocketAddr,
+    state: ApiState,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "HTTP endpoint: /metrics /health /products");
+    std::thread::Builder::new().name("http".into()).spawn(move || {
+        runtime.block_on(async move {
+            let stopped = async move {
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            axum::serve(listener, router(state)).with_graceful_shutdown(stopped).await
+        })
+    })
+}

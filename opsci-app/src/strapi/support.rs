@@ -1,0 +1,180 @@
+//! What the two syncs share: a consumer-group client that reports partition
+//! changes, the sink of the records Strapi refuses, and retry backoff.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Message};
+
+use super::client::StrapiError;
+use crate::kafka::KafkaConfig;
+use crate::metrics::AppMetrics;
+use crate::topology::{Reason, Rejection, Source};
+
+/// Remembers the partitions revoked from a consumer, and that its
+/// assignment changed.
+#[derive(Default)]
+pub struct Tracked {
+    revoked: Mutex<Vec<i32>>,
+    changed: AtomicBool,
+}
+
+impl ClientContext for Tracked {}
+
+impl ConsumerContext for Tracked {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            if let Ok(mut revoked) = self.revoked.lock() {
+                revoked.extend(partitions.elements().iter().map(|p| p.partition()));
+            }
+        }
+        self.changed.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Tracked {
+    /// The partitions revoked since the last call.
+    pub fn take_revoked(&self) -> Vec<i32> {
+        self.revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+    }
+
+    /// Whether the assignment changed since the last call.
+    pub fn take_changed(&self) -> bool {
+        self.changed.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// A consumer of `topic` in consumer group `group`, committing only the
+/// offsets stored by the caller; a new group starts at the beginning of the
+/// topic, or at its end when `beginning` is false.
+pub fn group_consumer(
+    kafka: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    beginning: bool,
+) -> Result<BaseConsumer<Tracked>, KafkaError> {
+    let consumer: BaseConsumer<Tracked> = kafka
+        .client()
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", if beginning { "earliest" } else { "latest" })
+        .set("isolation.level", "read_committed")
+        .create_with_context(Tracked::default())?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
+/// Where a record was read.
+pub fn source_of(message: &impl Message) -> Source {
+    Source { topic: message.topic().to_string(), partition: message.partition() as u32, offset: message.offset() }
+}
+
+/// Whether retrying cannot help: Strapi understood the request and refused
+/// it (a 4xx other than 404, 408 and 429).
+pub fn is_refusal(error: &StrapiError) -> bool {
+    matches!(error, StrapiError::Status { status, .. } if (400..500).contains(status) && ![404, 408, 429].contains(status))
+}
+
+/// Sends records that cannot be applied to the error topic.
+pub struct ErrorSink {
+    producer: FutureProducer,
+    topic: String,
+    metrics: Arc<AppMetrics>,
+}
+
+impl ErrorSink {
+    /// A sink writing to the error topic, counting in `metrics`.
+    pub fn new(kafka: &KafkaConfig, metrics: Arc<AppMetrics>) -> Result<ErrorSink, KafkaError> {
+        Ok(ErrorSink { producer: kafka.producer().create()?, topic: kafka.topics.error.clone(), metrics })
+    }
+
+    /// Writes `rejection` under `key` and waits for the broker's acknowledgement.
+    pub fn send(&self, key: &str, rejection: &Rejection) -> Result<(), KafkaError> {
+        tracing::warn!(%key, source = ?rejection.source, reason = %rejection.message, "sent to the error topic");
+        self.metrics.rejected(&rejection.reason);
+        let value = serde_json::to_string(rejection).unwrap_or_default();
+        let record = FutureRecord::to(&self.topic).key(key).payload(&value);
+        let delivery = self.producer.send_result(record).map_err(|(e, _)| e)?;
+        match futures::executor::block_on(delivery) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((error, _))) => Err(error),
+            Err(_) => Err(KafkaError::Canceled),
+        }
+    }
+
+    /// Builds and sends the rejection of `message` for `reason`.
+    pub fn reject(&self, message: &impl Message, reason: Reason) -> Result<(), KafkaError> {
+        let key = message.key().map(String::from_utf8_lossy).unwrap_or_default();
+        let record = message.payload().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
+        self.send(&key, &Rejection::new(reason, record, source_of(message)))
+    }
+}
+
+/// Exponential backoff between retries: 100 ms doubling up to 5 s.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Backoff::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    /// The delay before the next retry; the one after is twice as long.
+    pub fn next(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Backoff::MAX);
+        delay
+    }
+
+    /// Back to the shortest delay, after a success.
+    pub fn reset(&mut self) {
+        self.next = Backoff::FIRST;
+    }
+}
+
+/// Sleeps `delay`, waking early when `stop` is set; returns whether it was.
+pub fn sleep_unless(stop: &AtomicBool, delay: Duration) -> bool {
+    let until = Instant::now() + delay;
+    while Instant::now() < until {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+    }
+    stop.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_limit_and_resets() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<u64> = (0..8).map(|_| backoff.next().as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn only_client_errors_are_refusals() {
+        let status = |status| StrapiError::Status { method: "PUT", path: "/".into(), status, message: String::new() };
+        assert!(is_refusal(&status(400)));
+        assert!(!is_refusal(&status(404)) && !is_refusal(&status(429)) && !is_refusal(&status(503)));
+        let down = StrapiError::Unreachable { method: "PUT", path: "/".into(), reason: "refused".into() };
+        assert!(!is_refusal(&down));
+    }
+}
