@@ -1,0 +1,390 @@
+//! The whole OPSCI pipeline against a real broker and a real Strapi:
+//! 200 products, 200 events and 2 400 stock movements (unknown products,
+//! zero and negative amounts, bad types, overdraws, malformed rows among
+//! them) are loaded with `opsci-app produce`'s loader while `opsci-app run`
+//! runs. Afterwards Strapi's products equal an independent fold of the CSV
+//! files (stock and status), each once; Strapi holds every event once (the
+//! loaded ones and the status changes); every rejected movement is on the
+//! error topic with its reason. The same with the app killed by SIGKILL
+//! mid-stream and restarted, and with Strapi stopped during part of a run.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::strapi::Strapi;
+use integration_tests::Broker;
+use opsci_app::sources::{produce, KafkaConfig, Kind};
+use opsci_app::topology::Topics;
+use rdkafka::Message;
+use serde_json::Value;
+
+const PARTITIONS: i32 = 3;
+const PRODUCTS: u64 = 200;
+const UNKNOWN: u64 = 10;
+const EVENTS: u64 = 200;
+const MOVEMENTS: usize = 2_400;
+const CHUNKS: usize = 6;
+
+/// A small deterministic generator (no test should depend on luck).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+/// The input files, and what must come out of them.
+struct Dataset {
+    products: String,
+    events: String,
+    stock: Vec<String>,
+    /// barcode → (stock, status)
+    catalogue: BTreeMap<String, (i64, String)>,
+    /// Events Strapi must hold, as (value or status change, count).
+    events_expected: BTreeMap<String, usize>,
+    /// Rejections by reason code.
+    rejections: BTreeMap<String, usize>,
+    /// Rows the loader itself rejects.
+    malformed_rows: usize,
+}
+
+fn status(stock: i64, reference: i64) -> &'static str {
+    if stock == 0 {
+        "empty"
+    } else if 10 * stock < reference {
+        "danger"
+    } else {
+        "safe"
+    }
+}
+
+fn barcode(id: u64) -> String {
+    format!("400000{id:07}")
+}
+
+impl Dataset {
+    fn generate() -> Dataset {
+        let mut rng = Lcg(42);
+        let mut products = String::from("name,description,stock_available,barcode\n");
+        let mut reference = BTreeMap::new();
+        for id in 1..=PRODUCTS {
+            let stock = if id % 50 == 0 { 0 } else { rng.next(120) as i64 };
+            products.push_str(&format!("Product {id},\"Made for test, number {id}\",{stock},{}\n", barcode(id)));
+            reference.insert(id, stock);
+        }
+        let mut events = String::from("value;metadata\n");
+        let mut events_expected = BTreeMap::new();
+        for n in 1..=EVENTS {
+            events.push_str(&format!("Event {n};{{\"n\":{n},\"source\":\"csv\"}}\n"));
+            *events_expected.entry(format!("Event {n}")).or_insert(0) += 1;
+        }
+        events.push_str("Broken event;{not json\n");
+        let mut stock_now = reference.clone();
+        let mut rejections = BTreeMap::<String, usize>::new();
+        let mut malformed_rows = 0;
+        let mut lines = Vec::new();
+        for i in 0..MOVEMENTS {
+            let id = 1 + rng.next(PRODUCTS + UNKNOWN);
+            let roll = rng.next(100);
+            let (line, outcome) = if i % 400 == 7 {
+                malformed_rows += 1;
+                (format!("{id},lots,IN"), None)
+            } else if i % 300 == 11 {
+                (format!("{id},5,SIDEWAYS"), Some(Err("bad_type")))
+            } else {
+                let amount = if roll < 3 {
+                    0
+                } else if roll < 5 {
+                    -4
+                } else {
+                    1 + rng.next(25) as i64
+                };
+                let out = rng.next(100) < 55;
+                let line = format!("{id},{amount},{}", if out { "OUT" } else { "IN" });
+                let outcome = if amount <= 0 {
+                    Err("bad_amount")
+                } else if id > PRODUCTS {
+                    Err("unknown_product")
+                } else {
+                    let before = stock_now[&id];
+                    let after = if out { before - amount } else { before + amount };
+                    if after < 0 {
+                        Err("insufficient_stock")
+                    } else {
+                        stock_now.insert(id, after);
+                        let (old, new) = (status(before, reference[&id]), status(after, reference[&id]));
+                        Ok((old != new).then(|| format!("product {id}: {old} -> {new} at {after}")))
+                    }
+                };
+                (line, Some(outcome))
+            };
+            match outcome {
+                Some(Err(code)) => *rejections.entry(code.to_string()).or_insert(0) += 1,
+                Some(Ok(Some(change))) => *events_expected.entry(change).or_insert(0) += 1,
+                Some(Ok(None)) | None => {}
+            }
+            lines.push(line);
+        }
+        let stock =
+            lines.chunks(MOVEMENTS / CHUNKS).map(|chunk| format!("id,amount,type\n{}\n", chunk.join("\n"))).collect();
+        let catalogue = stock_now
+            .iter()
+            .map(|(id, stock)| (barcode(*id), (*stock, status(*stock, reference[id]).to_string())))
+            .collect();
+        Dataset { products, events, stock, catalogue, events_expected, rejections, malformed_rows }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// `opsci-app run` as a child process.
+struct App {
+    child: Child,
+    http: u16,
+}
+
+impl App {
+    fn start(broker: &Broker, strapi: &Strapi, state: &Path, http: u16) -> App {
+        let child = Command::new(env!("CARGO_BIN_EXE_opsci-app"))
+            .args(["run", "--application-id", "sync-test", "--commit-interval-ms", "100"])
+            .env("KAFKA_BROKERS", broker.bootstrap())
+            .env("STRAPI_URL", strapi.url())
+            .env("STRAPI_TOKEN", strapi.token())
+            .env("STATE_DIR", state)
+            .env("HTTP_ADDR", format!("127.0.0.1:{http}"))
+            .env("PARTITIONS", PARTITIONS.to_string())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start opsci-app");
+        App { child, http }
+    }
+
+    fn get(&self, path: &str) -> Option<Value> {
+        let mut response = ureq::get(&format!("http://127.0.0.1:{}{path}", self.http)).call().ok()?;
+        serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let status = self.child.wait().expect("wait for opsci-app");
+        assert!(status.success(), "opsci-app did not stop cleanly: {status}");
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Every entry of a Strapi collection (Strapi 5: flat attributes).
+fn strapi_all(strapi: &Strapi, collection: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    for page in 1.. {
+        let reply = strapi.get(&format!("/api/{collection}?pagination[page]={page}&pagination[pageSize]=100"));
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        all.extend(reply.body["data"].as_array().cloned().unwrap_or_default());
+        if page >= reply.body["meta"]["pagination"]["pageCount"].as_u64().unwrap_or(1) {
+            return all;
+        }
+    }
+    all
+}
+
+/// barcode → (stock, status), and how many entries each barcode has.
+fn strapi_catalogue(strapi: &Strapi) -> (BTreeMap<String, (i64, String)>, BTreeMap<String, usize>) {
+    let (mut catalogue, mut counts) = (BTreeMap::new(), BTreeMap::new());
+    for p in strapi_all(strapi, "products") {
+        let barcode = p["barcode"].as_str().unwrap_or_default().to_string();
+        *counts.entry(barcode.clone()).or_insert(0) += 1;
+        catalogue
+            .insert(barcode, (p["stock_available"].as_i64().unwrap_or(-1), p["status"].as_str().unwrap_or("").into()));
+    }
+    (catalogue, counts)
+}
+
+/// The events in Strapi, in the dataset's notation.
+fn strapi_events(strapi: &Strapi) -> BTreeMap<String, usize> {
+    let mut events = BTreeMap::new();
+    for e in strapi_all(strapi, "events") {
+        let m = &e["metadata"];
+        let key = match m.get("old_status") {
+            Some(old) => format!(
+                "product {}: {} -> {} at {}",
+                m["product"],
+                old.as_str().unwrap_or("?"),
+                m["status"].as_str().unwrap_or("?"),
+                m["stock"]
+            ),
+            None => e["value"].as_str().unwrap_or_default().to_string(),
+        };
+        *events.entry(key).or_insert(0) += 1;
+    }
+    events
+}
+
+/// The error topic: rejections by reason code, each movement counted once
+/// (by its source offset: a broker may show records of aborted
+/// transactions), and rows rejected by the loader.
+fn error_topic(broker: &Broker) -> (BTreeMap<String, usize>, usize) {
+    let consumer = broker.reader("error", PARTITIONS, &[]);
+    let mut seen = BTreeMap::new();
+    let mut rows = 0;
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(3) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            last = Instant::now();
+            let value: Value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON on the error topic");
+            if value["file"].as_str().is_some_and(|f| f.contains("stock")) {
+                rows += 1;
+            } else if let Some(code) = value["reason"]["code"].as_str() {
+                let source = &value["source"];
+                assert_eq!(source["topic"], "stock", "{value}");
+                assert!(value["message"].as_str().is_some_and(|m| !m.is_empty()), "{value}");
+                seen.insert((source["partition"].as_u64(), source["offset"].as_i64()), code.to_string());
+            }
+        }
+    }
+    let mut codes = BTreeMap::new();
+    for code in seen.into_values() {
+        *codes.entry(code).or_insert(0) += 1;
+    }
+    (codes, rows)
+}
+
+fn setup() -> (Broker, Strapi, KafkaConfig, Dataset, tempfile::TempDir) {
+    let broker = Broker::start();
+    for topic in ["product", "stock", "event", "error", "catalogue"] {
+        broker.create_topic(topic, PARTITIONS);
+    }
+    let strapi = Strapi::start();
+    let kafka =
+        KafkaConfig { brokers: broker.bootstrap().to_string(), topics: Topics::default(), properties: Vec::new() };
+    (broker, strapi, kafka, Dataset::generate(), tempfile::tempdir().expect("temp dir"))
+}
+
+fn load(kafka: &KafkaConfig, dir: &Path, kind: Kind, name: &str, text: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write CSV");
+    let summary = produce(kafka, kind, &path).expect("produce");
+    assert_eq!(summary.failed, 0, "{name}: {summary:?}");
+}
+
+/// Loads the products and waits until the running app holds all of them.
+fn load_products(kafka: &KafkaConfig, dir: &Path, data: &Dataset, app: &App) {
+    load(kafka, dir, Kind::Products, "products.csv", &data.products);
+    wait_until("the app holds every product", Duration::from_secs(120), || {
+        app.get("/products").and_then(|p| p.as_array().map(Vec::len)) == Some(PRODUCTS as usize)
+    });
+}
+
+fn check(broker: &Broker, strapi: &Strapi, data: &Dataset) {
+    wait_until("Strapi's catalogue and events equal the fold", Duration::from_secs(300), || {
+        strapi_catalogue(strapi).0 == data.catalogue && strapi_events(strapi) == data.events_expected
+    });
+    // Nothing more arrives later, and nothing is there twice.
+    std::thread::sleep(Duration::from_secs(2));
+    let (catalogue, counts) = strapi_catalogue(strapi);
+    assert_eq!(catalogue, data.catalogue);
+    assert!(counts.values().all(|n| *n == 1), "duplicate products in Strapi: {counts:?}");
+    assert_eq!(strapi_events(strapi), data.events_expected);
+    let (codes, rows) = error_topic(broker);
+    assert_eq!(codes, data.rejections, "rejections on the error topic, by reason");
+    assert_eq!(rows, data.malformed_rows, "rows rejected by the loader");
+}
+
+fn run(kills: usize) {
+    let (broker, strapi, kafka, data, dir) = setup();
+    let state = dir.path().join("state");
+    let http = free_port();
+    let mut app = App::start(&broker, &strapi, &state, http);
+    load_products(&kafka, dir.path(), &data, &app);
+    load(&kafka, dir.path(), Kind::Events, "events.csv", &data.events);
+    let mut rng = Lcg(7);
+    for (n, chunk) in data.stock.iter().enumerate() {
+        load(&kafka, dir.path(), Kind::Stock, &format!("stock-{n}.csv"), chunk);
+        if n < kills {
+            // Somewhere while the chunk is folded and Strapi is written.
+            std::thread::sleep(Duration::from_millis(100 + rng.next(1500)));
+            app.kill();
+            app = App::start(&broker, &strapi, &state, http);
+        }
+    }
+    check(&broker, &strapi, &data);
+    app.stop();
+}
+
+#[test]
+fn strapi_ends_equal_to_an_independent_fold_of_the_csv_files() {
+    let data = Dataset::generate();
+    assert!(data.rejections.len() == 4 && data.rejections.values().all(|n| *n > 5), "{:?}", data.rejections);
+    assert!(data.events_expected.len() > EVENTS as usize + 50, "enough status changes");
+    run(0);
+}
+
+#[test]
+fn killed_with_sigkill_mid_stream_and_restarted_the_result_is_the_same() {
+    run(CHUNKS - 1);
+}
+
+#[test]
+fn while_strapi_is_down_the_fold_goes_on_and_strapi_catches_up() {
+    let (broker, mut strapi, kafka, data, dir) = setup();
+    let app = App::start(&broker, &strapi, &dir.path().join("state"), free_port());
+    load_products(&kafka, dir.path(), &data, &app);
+    load(&kafka, dir.path(), Kind::Events, "events.csv", &data.events);
+    load(&kafka, dir.path(), Kind::Stock, "stock-0.csv", &data.stock[0]);
+    strapi.stop();
+    for (n, chunk) in data.stock.iter().enumerate().skip(1) {
+        load(&kafka, dir.path(), Kind::Stock, &format!("stock-{n}.csv"), chunk);
+    }
+    // The fold is not held back: the app's own state reaches the result.
+    wait_until("the app's state equals the fold while Strapi is down", Duration::from_secs(120), || {
+        let Some(products) = app.get("/products") else { return false };
+        let state: BTreeMap<String, (i64, String)> = products
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let barcode = p["product"]["barcode"].as_str().unwrap_or_default().to_string();
+                (barcode, (p["stock"].as_i64().unwrap_or(-1), p["status"].as_str().unwrap_or_default().to_string()))
+            })
+            .collect();
+        state == data.catalogue
+    });
+    let metrics = ureq::get(&format!("http://127.0.0.1:{}/metrics", app.http))
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .expect("metrics");
+    let failed = metrics.lines().find(|l| l.starts_with("opsci_strapi_requests_total{outcome=\"error\"}"));
+    assert!(failed.is_some_and(|l| !l.ends_with(" 0")), "failed Strapi requests are counted: {failed:?}");
+    strapi.start_again();
+    check(&broker, &strapi, &data);
+    app.stop();
+}
