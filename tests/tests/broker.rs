@@ -116,3 +116,70 @@ fn the_high_watermark_is_under_reported_on_the_test_broker() {
     let (_, high) = consumer.fetch_watermarks("marks", 0, Duration::from_secs(10)).expect("watermarks");
     assert!(high < 50, "Apache Kafka reports 50 here; the test broker reported {high}");
 }
+
+/// Documents a third deviation: the test broker confirms a transaction's
+/// commit (EndTxn) without committing its consumer offsets when a transaction
+/// opened earlier on one of its partitions is still open. The offsets are
+/// committed when a later transaction on one of its partitions ends, which
+/// can be after the producer was fenced and its successor read the group's
+/// offsets (and if the producer's next transaction is abandoned first, they
+/// are lost). Apache Kafka commits them before EndTxn returns, and a fencing
+/// `init_transactions` completes any commit still under way. stream-core
+/// therefore restores a task from its changelogs alone (see
+/// `runtime::restore`). If this test fails, the broker changed: update the
+/// README's "Test broker" section.
+#[test]
+fn offsets_of_a_confirmed_commit_are_committed_late_on_the_test_broker() {
+    let broker = Broker::start();
+    for topic in ["shared", "own", "inputs"] {
+        broker.create_topic(topic, 1);
+    }
+    let timeout = Duration::from_secs(10);
+    let transactional = |id: &str| {
+        let producer: BaseProducer = broker
+            .client_config()
+            .set("transactional.id", id)
+            .set("enable.idempotence", "true")
+            .create()
+            .expect("transactional producer");
+        producer.init_transactions(timeout).expect("init transactions");
+        producer
+    };
+    let write = |producer: &BaseProducer, topic: &str| {
+        producer.send(BaseRecord::to(topic).key("k").payload("v")).map_err(|(e, _)| e).expect("send");
+        producer.flush(timeout).expect("flush");
+    };
+    let group: BaseConsumer = broker.client_config().set("group.id", "late").create().expect("consumer");
+    let committed = || {
+        let mut query = rdkafka::TopicPartitionList::new();
+        query.add_partition("inputs", 0);
+        let offsets = group.committed_offsets(query, timeout).expect("committed offsets");
+        offsets.find_partition("inputs", 0).map(|p| p.offset())
+    };
+    let ten = Some(rdkafka::Offset::Offset(10));
+
+    // `other` opens a transaction on `shared` and leaves it open.
+    let other = transactional("other");
+    other.begin_transaction().expect("begin");
+    write(&other, "shared");
+    // `task` writes to `shared` and `own`, and commits input offset 10: confirmed.
+    let task = transactional("task");
+    task.begin_transaction().expect("begin");
+    write(&task, "shared");
+    write(&task, "own");
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets.add_partition_offset("inputs", 0, rdkafka::Offset::Offset(10)).expect("offset");
+    let metadata = group.group_metadata().expect("group metadata");
+    task.send_offsets_to_transaction(&offsets, &metadata, timeout).expect("send offsets");
+    task.commit_transaction(timeout).expect("the commit is confirmed");
+    assert_ne!(committed(), ten, "Apache Kafka shows offset 10 once the commit is confirmed");
+    // A successor fences `task`: the offsets are still not committed.
+    drop(task);
+    let successor = transactional("task");
+    assert_ne!(committed(), ten, "Apache Kafka shows offset 10 once the fencing completes");
+    // The successor's first transaction on `own` commits them.
+    successor.begin_transaction().expect("begin");
+    write(&successor, "own");
+    successor.commit_transaction(timeout).expect("commit successor");
+    assert_eq!(committed(), ten, "the fenced producer's offsets are committed late");
+}

@@ -1,6 +1,14 @@
 //! The part of the runtime that owns the tasks and commits: shared with the
 //! consumer's rebalance callback, which opens (fences, restores) the tasks of
 //! assigned partitions and commits and closes those of revoked ones.
+//!
+//! A commit of a task with stores writes, in one transaction: the outputs of
+//! the records processed since the last commit, the stores' changes, the new
+//! input positions and de-duplication entries (all three as changelog
+//! records tagged with the commit), then, once all of that is stored, one
+//! commit record per changelog; and the input offsets for the consumer group.
+//! Restoration (see `restore`) relies on the changelogs alone: the group's
+//! offsets only position tasks without stores.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -11,12 +19,12 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::dedupe::Seen;
 use super::metrics::{MetricsHandle, TaskStatus};
-use super::restore::{self, COMMIT_HEADER};
+use super::restore;
 use super::writer::{self, Guarantee, Writer};
 use super::{now_millis, provenance, RuntimeConfig, RuntimeError};
 use crate::error::StreamError;
 use crate::metrics::TaskMetrics;
-use crate::record::{Headers, OutputRecord, RawRecord, RecordMetadata};
+use crate::record::{OutputRecord, RawRecord, RecordMetadata};
 use crate::task::Task;
 use crate::topology::{TaskId, Topology};
 
@@ -26,8 +34,10 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 struct Running {
     task: Task,
     writer: Writer,
-    /// Number of its last successful commit.
-    head: u64,
+    /// Identifies this opening of the task in its changelog records.
+    session: String,
+    /// Number of its last commit in this session.
+    commits: u64,
     /// Next offset to commit, per input partition.
     positions: HashMap<(Arc<str>, i32), i64>,
     seen: Seen,
@@ -104,8 +114,9 @@ impl Engine {
     }
 
     /// Opens the tasks of the `assigned` partitions: fences their earlier
-    /// owners, reads their last commit, restores their stores to it, and sets
-    /// `assigned`'s offsets to that commit's positions.
+    /// owners, restores their stores to their last complete commit, and sets
+    /// `assigned`'s offsets to that commit's positions (the group's committed
+    /// offsets for tasks without stores).
     pub(super) fn open_tasks<C: ConsumerContext>(
         &mut self,
         consumer: &impl Consumer<C>,
@@ -118,7 +129,6 @@ impl Engine {
                 let subtopology = *self.readers.get(e.topic())?;
                 Some(TaskId { subtopology, partition: e.partition() as u32 })
             })
-            .into_iter()
             .filter(|id| !self.tasks.contains_key(id))
             .collect();
         for id in ids {
@@ -135,36 +145,43 @@ impl Engine {
                 Some(producer) => Writer::Shared(producer.clone()),
                 None => Writer::transactional(&self.config, id)?,
             };
-            // Read after fencing: no earlier owner can commit any more.
-            let partition = id.partition as i32;
-            let mut query = TopicPartitionList::new();
-            for topic in task.source_topics().chain(task.changelogs().first().map(|t| &**t)) {
-                query.add_partition(topic, partition);
-            }
-            let committed = consumer.committed_offsets(query, TIMEOUT)?;
-            let head = task
-                .changelogs()
-                .first()
-                .and_then(|t| committed_offset(&committed, t, partition))
-                .map_or(0, |n| n as u64);
-            let restored = restore::restore(&self.config, &mut writer, &mut task, id, head)?;
+            // From here on no earlier owner can write any more.
+            let session = restore::session_id(id);
+            let restored = restore::restore(&self.config, &mut writer, &mut task, id, &session)?;
             self.restored += restored.records;
+            let partition = id.partition as i32;
+            // A task with stores resumes where the commit it restored left its
+            // inputs (from the beginning if none): state and positions come from
+            // the same commit. The group's offsets may lag behind or lose
+            // commits on the test broker; they only serve stateless tasks, which
+            // at worst process some records again.
+            let committed = if task.changelogs().is_empty() {
+                let mut query = TopicPartitionList::new();
+                for topic in task.source_topics() {
+                    query.add_partition(topic, partition);
+                }
+                Some(consumer.committed_offsets(query, TIMEOUT)?)
+            } else {
+                None
+            };
             for topic in task.source_topics() {
-                // Positions restored with the state first: they come from the same commit.
-                let restored_position = restored.positions.get(&(topic.to_string(), partition)).copied();
-                let position = restored_position.or_else(|| committed_offset(&committed, topic, partition));
+                let position = match &committed {
+                    Some(committed) => committed_offset(committed, topic, partition),
+                    None => restored.positions.get(&(topic.to_string(), partition)).copied(),
+                };
                 let offset = position.map_or(Offset::Beginning, Offset::Offset);
                 if assigned.find_partition(topic, partition).is_some() {
                     assigned.set_partition_offset(topic, partition, offset)?;
                 }
             }
-            tracing::info!(task = %id, commit = head, positions = ?assigned, "task opened");
+            tracing::info!(task = %id, %session, positions = ?assigned, "task opened");
             self.tasks.insert(
                 id,
                 Running {
                     task,
                     writer,
-                    head,
+                    session,
+                    commits: 0,
                     positions: HashMap::new(),
                     seen: restored.seen,
                     restored: restored.records,
@@ -221,10 +238,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Commits every task that did something since its last commit: its
-    /// outputs, its store changes (changelog records tagged with the commit's
-    /// number), the input positions and that number, together; then makes
-    /// the store writes durable locally.
+    /// Commits every task that did something since its last commit (see the
+    /// [module docs](self)), then makes the store writes durable locally.
     pub(super) fn commit<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>) -> Result<(), RuntimeError> {
         let started = Instant::now();
         let mut committed = false;
@@ -242,11 +257,10 @@ impl Engine {
         buffer: &mut Vec<OutputRecord>,
         consumer: &impl Consumer<C>,
     ) -> Result<bool, RuntimeError> {
-        let number = running.head + 1;
-        let tag = Headers::new().with(COMMIT_HEADER, number.to_string());
+        let number = running.commits + 1;
+        let tag = restore::commit_headers(&running.session, number);
         running.task.prepare_commit(&tag);
         running.task.swap_output(buffer);
-        let changelog = running.task.changelogs().first().cloned();
         let idle = buffer.is_empty() && running.positions.is_empty() && !running.seen.has_changes();
         if idle && !running.writer.is_open() {
             return Ok(false);
@@ -254,29 +268,33 @@ impl Engine {
         for record in buffer.drain(..) {
             running.writer.send(&record, &[])?;
         }
-        let partition = id.partition as i32;
-        let mut offsets = TopicPartitionList::new();
-        if let Some(changelog) = &changelog {
+        let changelogs = running.task.changelogs();
+        let entry = |topic: &Arc<str>, key: Vec<u8>, value: Vec<u8>| OutputRecord {
+            topic: topic.clone(),
+            partition: Some(id.partition),
+            record: RawRecord { key: Some(key), value: Some(value), timestamp: now_millis(), headers: tag.clone() },
+        };
+        if let Some(first) = changelogs.first() {
             let positions = running.positions.iter().map(|((t, p), o)| restore::position_entry(t, *p, *o));
             for (key, value) in running.seen.take_changes().into_iter().chain(positions) {
-                let record =
-                    RawRecord { key: Some(key), value: Some(value), timestamp: now_millis(), headers: tag.clone() };
-                let record = OutputRecord { topic: changelog.clone(), partition: Some(id.partition), record };
-                running.writer.send(&record, &[])?;
+                running.writer.send(&entry(first, key, value), &[])?;
             }
-            // The commit number, stored atomically with the commit as the
-            // group's offset of the task's first changelog partition (the
-            // group never reads changelogs).
-            offsets.add_partition_offset(changelog, partition, Offset::Offset(number as i64))?;
+            // The commit records go last, once everything else is stored: a
+            // commit record in the log means the whole commit is, outputs
+            // included, even if the transaction is then abandoned.
+            running.writer.flush()?;
+            for changelog in changelogs {
+                let (key, value) = restore::commit_record(&running.session, number);
+                running.writer.send(&entry(changelog, key, value), &[])?;
+            }
         }
+        let mut offsets = TopicPartitionList::new();
         for ((topic, partition), offset) in &running.positions {
             offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
         running.writer.commit(&offsets, consumer)?;
         tracing::debug!(task = %id, number, ?offsets, "committed");
-        if changelog.is_some() {
-            running.head = number;
-        }
+        running.commits = number;
         running.positions.clear();
         running.task.commit()?;
         Ok(true)

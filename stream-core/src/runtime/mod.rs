@@ -4,23 +4,31 @@
 //! topics (repartition topics included). When the group assigns partitions,
 //! the runtime opens their tasks (one per sub-topology and partition) inside
 //! the rebalance callback, before any record is read: it fences the task's
-//! earlier owners (its transactional producer), reads the task's last commit,
-//! restores its stores to exactly that commit from their changelogs (see
-//! `restore`), and starts reading from that commit's input positions. When
-//! partitions are revoked, their tasks are committed and closed first.
+//! earlier owners (its transactional producer), restores its stores from
+//! their changelogs to the task's last commit that is wholly in them (see
+//! `restore`), and starts reading from that commit's input positions, which
+//! the changelog holds too. When partitions are revoked, their tasks are
+//! committed and closed first.
 //!
 //! Every `commit_interval` each active task commits: with
 //! [`Guarantee::ExactlyOnce`] one Kafka transaction holds its outputs, its
-//! store changes (changelog records) and its input offsets; then the store
-//! writes are made durable locally. Any error stops the runtime with the open
-//! transactions abandoned; the next owner of each task resumes from its last
-//! commit. A fenced instance (a zombie) fails its next commit and stops
-//! without having written anything that counts.
+//! store changes, input positions and de-duplication entries (changelog
+//! records tagged with the commit), then, once all of those are stored, a
+//! commit record in each changelog, and the input offsets for the consumer
+//! group; then the store writes are made durable locally. Any error stops
+//! the runtime with the open transactions abandoned; the next owner of each
+//! task resumes from its last complete commit. A fenced instance (a zombie)
+//! fails its next commit and stops without having written anything that
+//! counts.
 //!
-//! Recovery does not rely on the broker hiding the records of aborted
-//! transactions (the test broker shows them): changelog records carry their
-//! commit's number and restoration applies only successful commits; records
-//! read from repartition topics are de-duplicated by provenance (see `dedupe`).
+//! Recovery relies neither on the broker hiding the records of aborted
+//! transactions nor on the group's committed offsets (the test broker shows
+//! aborted records, and may commit a transaction's offsets after its producer
+//! was fenced, or never): a task with stores is restored from its changelogs
+//! alone, a commit's records being applied only if its commit records are
+//! there; records read from repartition topics are de-duplicated by
+//! provenance (see `dedupe`). The group's offsets only position tasks without
+//! stores, which at worst process some records again.
 //!
 //! ```no_run
 //! use stream_core::runtime::{Runtime, RuntimeConfig};
@@ -169,10 +177,14 @@ struct Rebalancing {
 impl ClientContext for Rebalancing {
     fn stats(&self, statistics: Statistics) {
         let lag = statistics.topics.iter().flat_map(|(topic, t)| {
-            t.partitions
-                .iter()
-                .filter(|(p, s)| **p >= 0 && s.consumer_lag >= 0)
-                .map(move |(p, s)| ((topic.clone(), *p as u32), s.consumer_lag))
+            // The end (last stable offset with read_committed, else the high
+            // watermark) minus the position: librdkafka's own `consumer_lag`
+            // counts from the group's committed offset, which it does not
+            // know when offsets are committed through transactions.
+            t.partitions.iter().filter(|(p, s)| **p >= 0 && s.app_offset >= 0).filter_map(move |(p, s)| {
+                let end = if s.ls_offset >= 0 { s.ls_offset } else { s.hi_offset };
+                (end >= 0).then(|| ((topic.clone(), *p as u32), (end - s.app_offset).max(0)))
+            })
         });
         let lag = lag.collect();
         self.metrics.update(|m| m.lag = lag);

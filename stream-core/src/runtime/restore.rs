@@ -1,21 +1,43 @@
-//! Restoring a task's stores from their changelog topics, to exactly the
-//! state of its last commit.
+//! Restoring a task's stores from their changelog topics, to the state of
+//! a commit that is wholly in the log, with the input positions of that
+//! same commit.
 //!
-//! Every changelog record carries the number of the commit that wrote it
-//! (header [`COMMIT_HEADER`]); the number of a task's last successful commit
-//! is stored atomically with that commit (see [`super::commit`]). A record is
-//! applied when its commit succeeded, which the restorer decides without
-//! relying on the broker hiding aborted transactions:
+//! What a commit writes (see `Engine::commit`): each opening of a task is a
+//! *session* with an id of its own; its commits are numbered from 1, and
+//! every changelog record a commit writes carries the header
+//! [`COMMIT_HEADER`] `<session>/<number>`. Once everything else the commit
+//! wrote (outputs included) is stored, which the writer checks, it appends
+//! to each of the task's changelogs a *commit record* (same header; the key
+//! names the session, see [`commit_key`]).
 //!
-//! - a commit numbered above the last successful one was abandoned;
-//! - each restoration appends a *restore marker* (key [`MARKER_KEY`]) naming
-//!   the last successful commit at that moment, after fencing the previous
-//!   owner of the task. Commits that failed before it and were numbered above
-//!   it were abandoned, even when a later commit reuses their number.
+//! A commit is *complete* when its commit record is in every changelog of
+//! the task. A session only starts a commit once the previous one is
+//! committed, so its complete commits are 1 to the last one with commit
+//! records; restoration applies, in log order, the records of those and
+//! nothing else. Neither the consumer group's committed offsets nor the
+//! broker hiding aborted records are needed:
 //!
-//! The marker also shows where the partition ends (the test broker's high
-//! watermark cannot be trusted): restoration reads up to its own marker, in
-//! two passes: the first finds the markers, the second applies the records.
+//! - with Apache Kafka, which hides aborted records from `read_committed`
+//!   readers, a commit record is visible only when its transaction committed,
+//!   so the complete commits are exactly the committed ones;
+//! - the test broker shows aborted records, and finishes the offset commit of
+//!   some transactions long after they committed (or never): there a complete
+//!   commit whose transaction was then abandoned is applied too. Everything it
+//!   wrote is in the log, outputs included, and its inputs are not processed
+//!   again, so state, positions and outputs still agree. An incomplete commit
+//!   is never applied: its inputs are processed again from the last complete
+//!   commit, deterministically, so outputs it left behind are written again
+//!   identically.
+//!
+//! Compaction keeps what restoration needs: the last commit record of each
+//! session (one key per session) and, on Apache Kafka, whose cleaner drops
+//! aborted records, the last committed value of every other key.
+//!
+//! Where a partition ends is shown by a *restore marker* (key
+//! [`MARKER_KEY`]) that restoration appends first, after fencing the task's
+//! earlier owners, so nothing they wrote can follow it (the test broker's
+//! high watermark cannot be trusted). Restoration reads each changelog up to
+//! its marker twice: first to find the complete commits, then to apply them.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,6 +51,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::dedupe::Seen;
 use super::writer::Writer;
 use super::{RuntimeConfig, RuntimeError};
+use crate::record::Headers;
 use crate::task::Task;
 use crate::topology::TaskId;
 
@@ -38,7 +61,10 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// bincode of common types or an 8-byte integer, so no store key collides.
 pub(crate) const MARKER_KEY: &[u8] = b"\xffstream-core\xffmarker";
 
-/// Header of changelog records: the number of the commit that wrote them.
+/// Key prefix of the commit records in changelog topics (see [`MARKER_KEY`]).
+const COMMIT_PREFIX: &[u8] = b"\xffstream-core\xffcommit\xff";
+
+/// Header of changelog records: the commit that wrote them, `<session>/<number>`.
 pub(crate) const COMMIT_HEADER: &str = "stream.commit";
 
 /// Key prefix of the input positions a task writes to its first changelog at
@@ -75,9 +101,40 @@ fn parse_position(key: &[u8], value: &[u8]) -> Option<((String, i32), i64)> {
     Some(((topic, partition as i32), i64::from_be_bytes(value.try_into().ok()?)))
 }
 
+/// A new session id for an opening of task `id`, used by no other opening.
+pub(crate) fn session_id(id: TaskId) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{id}-{}-{nanos}", std::process::id())
+}
+
+/// The headers of the records of commit `number` of `session`.
+pub(crate) fn commit_headers(session: &str, number: u64) -> Headers {
+    Headers::new().with(COMMIT_HEADER, format!("{session}/{number}"))
+}
+
+/// The commit record (key, value) of commit `number` of `session`: the key
+/// is [`COMMIT_PREFIX`] and the session, the value the number (8 bytes,
+/// big-endian; not empty, which compaction would take for a deletion).
+pub(crate) fn commit_record(session: &str, number: u64) -> (Vec<u8>, Vec<u8>) {
+    (commit_key(session), number.to_be_bytes().to_vec())
+}
+
+/// The key of the commit records of `session`.
+fn commit_key(session: &str) -> Vec<u8> {
+    [COMMIT_PREFIX, session.as_bytes()].concat()
+}
+
+/// The commit (session, number) named by a changelog record's headers.
+fn commit_of<'a>(message: &'a BorrowedMessage<'_>) -> Option<(&'a str, u64)> {
+    let headers = message.headers()?;
+    let value = headers.iter().find(|h| h.key == COMMIT_HEADER)?.value?;
+    let (session, number) = std::str::from_utf8(value).ok()?.rsplit_once('/')?;
+    Some((session, number.parse().ok()?))
+}
+
 /// What restoration found besides the stores' contents.
 pub(crate) struct Restored {
-    /// Where the task's last commit left each input partition.
+    /// Where the last complete commit left each input partition.
     pub(crate) positions: HashMap<(String, i32), i64>,
     /// The provenance already processed by the task (see [`Seen`]).
     pub(crate) seen: Seen,
@@ -88,49 +145,41 @@ pub(crate) struct Restored {
 #[derive(serde::Deserialize)]
 struct Marker {
     token: String,
-    /// The task's last successful commit when restoration started.
-    head: u64,
 }
 
-/// A token no other restoration uses.
-fn token() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("restore-{}-{nanos}", std::process::id())
+/// The last commit of each session whose commit record is in one changelog
+/// partition.
+#[derive(Default)]
+struct Completion {
+    last: HashMap<String, u64>,
 }
 
-/// Decides which commits' records to apply, from the restore markers read.
-struct Validity {
-    /// Offsets of the restore markers, ascending, with the lowest `head` of
-    /// that marker and every later one.
-    markers: Vec<(i64, u64)>,
-    head: u64,
-}
-
-impl Validity {
-    fn new(mut markers: Vec<(i64, u64)>, head: u64) -> Self {
-        let mut lowest = head;
-        for marker in markers.iter_mut().rev() {
-            lowest = lowest.min(marker.1);
-            marker.1 = lowest;
+impl Completion {
+    /// Takes a record written by commit `number` of `session`.
+    fn read(&mut self, session: &str, number: u64, key: &[u8]) {
+        if key.starts_with(COMMIT_PREFIX) {
+            match self.last.get_mut(session) {
+                Some(last) => *last = (*last).max(number),
+                None => {
+                    self.last.insert(session.to_string(), number);
+                }
+            }
         }
-        Validity { markers, head }
     }
 
-    /// Whether the record at `offset`, written by commit `commit`, was committed.
-    fn applies(&self, offset: i64, commit: u64) -> bool {
-        let next = self.markers.partition_point(|(o, _)| *o < offset);
-        let bound = self.markers.get(next).map_or(self.head, |(_, h)| *h);
-        commit <= bound
+    /// Keeps, of each session, the commits complete here and in `other` (another changelog).
+    fn intersect(mut self, other: &HashMap<String, u64>) -> HashMap<String, u64> {
+        self.last.retain(|session, last| {
+            *last = (*last).min(other.get(session).copied().unwrap_or(0));
+            *last > 0
+        });
+        self.last
     }
-}
-
-fn commit_of(message: &BorrowedMessage<'_>) -> u64 {
-    let header = message.headers().and_then(|h| h.iter().find(|h| h.key == COMMIT_HEADER));
-    header.and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok()).unwrap_or(0)
 }
 
 /// Reads `topic`'s `partition` from the beginning, giving each message to
-/// `each`, until the restore marker with `token`.
+/// `each`, until the restore marker with `token`; fails when no message comes
+/// for [`TIMEOUT`].
 fn replay(
     consumer: &BaseConsumer,
     topic: &str,
@@ -141,34 +190,36 @@ fn replay(
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
     consumer.assign(&assignment)?;
-    let deadline = Instant::now() + TIMEOUT;
+    let mut last_message = Instant::now();
     loop {
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-            if Instant::now() > deadline {
+            if last_message.elapsed() > TIMEOUT {
                 return Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut).into());
             }
             continue;
         };
         let message = message?;
+        last_message = Instant::now();
         if message.key() == Some(MARKER_KEY) {
             let marker: Option<Marker> = message.payload().and_then(|p| serde_json::from_slice(p).ok());
             if marker.is_some_and(|m| m.token == token) {
                 return Ok(());
             }
+            continue;
         }
         each(&message)?;
     }
 }
 
-/// Restores task `id`'s stores to the state of its commit number `head`
-/// (the last successful one), writing the restore markers with `writer`,
-/// which must already have fenced the task's previous owner.
+/// Restores task `id`'s stores to its last complete commit, writing the
+/// restore markers of `session` with `writer`, which must already have
+/// fenced the task's previous owners.
 pub(crate) fn restore(
     config: &RuntimeConfig,
     writer: &mut Writer,
     task: &mut Task,
     id: TaskId,
-    head: u64,
+    session: &str,
 ) -> Result<Restored, RuntimeError> {
     let mut restored = Restored { positions: HashMap::new(), seen: Seen::default(), records: 0 };
     let changelogs: Vec<String> = task.changelogs().iter().map(|t| t.to_string()).collect();
@@ -184,28 +235,41 @@ pub(crate) fn restore(
         .create()?;
     let partition = id.partition as i32;
     let started = Instant::now();
-    let mut seen_records = HashMap::new();
-    for (store, topic) in changelogs.iter().enumerate() {
-        let token = token();
-        let marker = format!(r#"{{"token":"{token}","head":{head}}}"#);
+    let marker = format!(r#"{{"token":"{session}"}}"#);
+    for topic in &changelogs {
         writer.write_marker(topic, partition, MARKER_KEY, marker.as_bytes())?;
+    }
 
-        let mut markers = Vec::new();
-        replay(&consumer, topic, partition, &token, |message| {
-            if message.key() == Some(MARKER_KEY) {
-                if let Some(marker) = message.payload().and_then(|p| serde_json::from_slice::<Marker>(p).ok()) {
-                    markers.push((message.offset(), marker.head));
-                }
+    // First pass: the last complete commit of each session, in every changelog.
+    let mut complete: Option<HashMap<String, u64>> = None;
+    for topic in &changelogs {
+        let mut completion = Completion::default();
+        replay(&consumer, topic, partition, session, |message| {
+            if let (Some((session, number)), Some(key)) = (commit_of(message), message.key()) {
+                completion.read(session, number, key);
             }
             Ok(())
         })?;
-        let validity = Validity::new(markers, head);
-        let mut last_log = Instant::now();
-        replay(&consumer, topic, partition, &token, |message| {
-            let Some(key) = message.key().filter(|k| *k != MARKER_KEY) else {
+        complete = Some(match &complete {
+            None => completion.last,
+            Some(other) => completion.intersect(other),
+        });
+    }
+    let complete = complete.unwrap_or_default();
+    tracing::debug!(task = %id, ?complete, "last complete commit of each session");
+
+    // Second pass: apply the records of those commits.
+    let mut skipped = 0u64;
+    let mut seen_records = HashMap::new();
+    let mut last_log = Instant::now();
+    for (store, topic) in changelogs.iter().enumerate() {
+        replay(&consumer, topic, partition, session, |message| {
+            let Some(key) = message.key().filter(|k| !k.starts_with(COMMIT_PREFIX)) else {
                 return Ok(());
             };
-            if !validity.applies(message.offset(), commit_of(message)) {
+            let applies = commit_of(message).is_some_and(|(s, n)| complete.get(s).is_some_and(|last| n <= *last));
+            if !applies {
+                skipped += 1;
                 return Ok(());
             }
             if let Some((source, offset)) = parse_position(key, message.payload().unwrap_or_default()) {
@@ -229,25 +293,50 @@ pub(crate) fn restore(
         }
     }
     task.commit()?;
-    tracing::info!(task = %id, head, records = restored.records,
+    tracing::info!(task = %id, records = restored.records, skipped, positions = ?restored.positions,
         elapsed_ms = started.elapsed().as_millis() as u64, "restored stores from changelogs");
     Ok(restored)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Validity;
+    use super::{commit_record, Completion};
+
+    fn read(log: &mut Completion, session: &str, number: u64, key: &[u8]) {
+        log.read(session, number, key);
+    }
+
+    fn commit(log: &mut Completion, session: &str, number: u64) {
+        log.read(session, number, &commit_record(session, number).0);
+    }
 
     #[test]
-    fn commits_abandoned_before_a_restore_marker_are_not_applied() {
-        // Commits 1 and 2 succeeded; 3 was abandoned (records at offsets 20..25);
-        // a restore marker at 30 named head 2; commit 3 was done again (40..45)
-        // and 4 abandoned (50); the last successful commit is 3.
-        let validity = Validity::new(vec![(30, 2)], 3);
-        assert!(validity.applies(5, 1));
-        assert!(validity.applies(15, 2));
-        assert!(!validity.applies(22, 3), "abandoned before the marker");
-        assert!(validity.applies(42, 3), "done again after the marker");
-        assert!(!validity.applies(50, 4), "above the last successful commit");
+    fn only_commits_with_a_commit_record_are_complete() {
+        let mut log = Completion::default();
+        // Session a: commits 1 and 2 complete, 3 cut short by a crash.
+        read(&mut log, "a", 1, b"k1");
+        commit(&mut log, "a", 1);
+        commit(&mut log, "a", 2);
+        read(&mut log, "a", 3, b"k1");
+        // Session b redoes that work and is cut short before its first commit record.
+        read(&mut log, "b", 1, b"k1");
+        assert_eq!(log.last.get("a"), Some(&2));
+        assert_eq!(log.last.get("b"), None);
+    }
+
+    #[test]
+    fn a_commit_is_complete_only_when_complete_in_every_changelog() {
+        let mut first = Completion::default();
+        for number in 1..=3 {
+            commit(&mut first, "a", number);
+        }
+        commit(&mut first, "b", 1);
+        let mut second = Completion::default();
+        for number in 1..=2 {
+            commit(&mut second, "a", number);
+        }
+        let complete = second.intersect(&first.last);
+        assert_eq!(complete.get("a"), Some(&2));
+        assert_eq!(complete.get("b"), None);
     }
 }

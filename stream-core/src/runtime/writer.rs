@@ -154,6 +154,14 @@ impl Writer {
         }
     }
 
+    /// Waits until every record sent so far is stored; fails if one was not.
+    pub(crate) fn flush(&self) -> Result<(), RuntimeError> {
+        let producer = self.inner();
+        producer.flush(TIMEOUT)?;
+        producer.context().check()?;
+        Ok(())
+    }
+
     /// Serves delivery reports without blocking.
     pub(crate) fn poll(&self) {
         self.inner().poll(Duration::ZERO);
