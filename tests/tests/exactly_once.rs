@@ -239,13 +239,16 @@ fn a_worker_killed_with_sigkill_six_times_ends_with_the_exact_fold() {
     let mut input = Input::produce(&broker, 0, 4_000, Duration::ZERO);
     let mut random = Random::new();
     for kill in 0..6u64 {
+        // Some movements wait for the worker: its predecessor may have
+        // committed everything before it was killed.
+        let from = 4_000 + kill * 16_000;
+        input.extend(Input::produce(&broker, from, 1_000, Duration::ZERO));
         let worker = Worker::start(&broker, &state, &[]);
         worker.wait_running(Duration::from_secs(60));
         // More movements arrive while the worker runs; it is killed among them.
         let delay = Duration::from_millis(100 + random.below(900));
-        let from = 4_000 + kill * 16_000;
         let chunk = std::thread::scope(|scope| {
-            let producer = scope.spawn(|| Input::produce(&broker, from, 16_000, Duration::from_millis(60)));
+            let producer = scope.spawn(|| Input::produce(&broker, from + 1_000, 15_000, Duration::from_millis(60)));
             std::thread::sleep(delay);
             eprintln!("kill {kill}: SIGKILL {delay:?} after the worker started processing");
             worker.kill();

@@ -9,8 +9,10 @@
 //! - `STATE_DIR`: RocksDB state directory (required);
 //! - `GUARANTEE`: `exactly_once` (default) or `at_least_once`;
 //! - `SESSION_TIMEOUT_MS`: the consumer group session timeout (default 6000);
-//! - `IDLE_EXIT_MS`: when set, stop cleanly once records were processed, every
-//!   task runs and no record came for that long, after writing the store's contents as JSON to `DUMP`.
+//! - `IDLE_EXIT_MS`: when set, stop cleanly once every task runs and no record
+//!   came for that long (counted again after each change of assignment), after
+//!   writing the store's contents as JSON to `DUMP`. A worker whose predecessor
+//!   committed everything stops without having processed a record.
 //!
 //! It prints `running` once it has processed its first record.
 
@@ -65,10 +67,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     runtime.run(|metrics| {
         let count = metrics.totals.records_in;
         let tasks: Vec<_> = metrics.tasks.keys().copied().collect();
-        if count == 0 || tasks.is_empty() || !metrics.is_running() || tasks != last_tasks {
+        if tasks.is_empty() || !metrics.is_running() || tasks != last_tasks {
             last_tasks = tasks;
-            // Idle time counts from the first record, once the tasks run, and
-            // again after each change of assignment.
+            // Idle time counts once the tasks run, and again after each change
+            // of assignment.
             last_change = Instant::now();
         }
         if count != last_count {
