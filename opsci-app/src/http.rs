@@ -43,12 +43,28 @@ pub struct ApiState {
     pub policy: StatusPolicy,
 }
 
+fn unavailable(error: stream_core::StoreError) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response()
+}
+
 impl ApiState {
     fn products(&self) -> Result<Vec<ProductState>, Response> {
-        let unavailable = |e: stream_core::StoreError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
         let products = self.stores.all(PRODUCTS_STORE, Utf8, JsonSerde::<Product>::new()).map_err(unavailable)?;
         let stock = self.stores.all(STOCK_STORE, Utf8, I64).map_err(unavailable)?;
         Ok(product_states(products, stock, &self.policy))
+    }
+
+    /// One product, read by key rather than over the whole store.
+    fn product(&self, id: u64) -> Result<Option<ProductState>, Response> {
+        let key = id.to_string();
+        let Some(product) =
+            self.stores.get(PRODUCTS_STORE, &key, Utf8, JsonSerde::<Product>::new()).map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let stock = self.stores.get(STOCK_STORE, &key, Utf8, I64).map_err(unavailable)?;
+        Ok(product_states(vec![(key.clone(), product)], stock.map(|s| (key, s)).into_iter().collect(), &self.policy)
+            .pop())
     }
 }
 
@@ -107,14 +123,12 @@ async fn products(State(state): State<ApiState>, Query(filter): Query<Filter>) -
 }
 
 async fn product(State(state): State<ApiState>, Path(id): Path<u64>) -> Response {
-    match state.products() {
-        Ok(all) => match all.into_iter().find(|p| p.product.id == id) {
-            Some(product) => Json(product).into_response(),
-            None => {
-                let error = format!("product {id} is not held by this instance");
-                (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": error }))).into_response()
-            }
-        },
+    match state.product(id) {
+        Ok(Some(product)) => Json(product).into_response(),
+        Ok(None) => {
+            let error = format!("product {id} is not held by this instance");
+            (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": error }))).into_response()
+        }
         Err(response) => response,
     }
 }

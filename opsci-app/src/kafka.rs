@@ -8,6 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::topology::Topics;
 
@@ -25,6 +26,16 @@ pub struct KafkaConfig {
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Sends `record` and waits until the broker has acknowledged it.
+pub fn deliver(producer: &FutureProducer, record: FutureRecord<'_, str, str>) -> Result<(), KafkaError> {
+    let delivery = producer.send_result(record).map_err(|(e, _)| e)?;
+    match futures::executor::block_on(delivery) {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((error, _))) => Err(error),
+        Err(_) => Err(KafkaError::Canceled),
+    }
+}
+
 impl KafkaConfig {
     /// A client configuration: the brokers and the extra properties.
     pub fn client(&self) -> ClientConfig {
@@ -36,15 +47,11 @@ impl KafkaConfig {
         client
     }
 
-    /// A producer configuration: keys partitioned with murmur2 (as Java
-    /// clients and stream-core), idempotent, acknowledged by all replicas.
+    /// A producer configuration with stream-core's producer settings (keys
+    /// partitioned with murmur2, idempotent, acknowledged by all replicas).
     pub fn producer(&self) -> ClientConfig {
         let mut client = self.client();
-        client
-            .set("partitioner", "murmur2_random")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5");
+        stream_core::runtime::producer_settings(&mut client);
         client
     }
 

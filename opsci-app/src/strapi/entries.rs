@@ -12,7 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::client::EntryRef;
-use crate::kafka::KafkaConfig;
+use crate::kafka::{deliver, KafkaConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -86,12 +86,7 @@ impl Entries {
             Some(entry) => record.payload(entry.0.as_str()),
             None => record,
         };
-        let delivery = self.producer.send_result(record).map_err(|(e, _)| e)?;
-        match futures::executor::block_on(delivery) {
-            Ok(Ok(_)) => {}
-            Ok(Err((error, _))) => return Err(error),
-            Err(_) => return Err(KafkaError::Canceled),
-        }
+        deliver(&self.producer, record)?;
         match entry {
             Some(entry) => self.map.insert(id, entry),
             None => self.map.remove(&id),

@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message};
 
 use super::client::StrapiError;
-use crate::kafka::KafkaConfig;
+use crate::kafka::{deliver, KafkaConfig};
 use crate::metrics::AppMetrics;
 use crate::topology::{Reason, Rejection, Source};
 
@@ -98,13 +98,7 @@ impl ErrorSink {
         tracing::warn!(%key, source = ?rejection.source, reason = %rejection.message, "sent to the error topic");
         self.metrics.rejected(&rejection.reason);
         let value = serde_json::to_string(rejection).unwrap_or_default();
-        let record = FutureRecord::to(&self.topic).key(key).payload(&value);
-        let delivery = self.producer.send_result(record).map_err(|(e, _)| e)?;
-        match futures::executor::block_on(delivery) {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((error, _))) => Err(error),
-            Err(_) => Err(KafkaError::Canceled),
-        }
+        deliver(&self.producer, FutureRecord::to(&self.topic).key(key).payload(&value))
     }
 
     /// Builds and sends the rejection of `message` for `reason`.

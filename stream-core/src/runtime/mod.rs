@@ -77,7 +77,7 @@ use crate::topology::Topology;
 use engine::Engine;
 pub use metrics::{MetricsHandle, RuntimeMetrics, TaskStatus};
 pub use query::StoreReader;
-pub use writer::Guarantee;
+pub use writer::{producer_settings, Guarantee};
 
 /// Header names of the provenance the runtime adds to every output record
 /// produced while processing an input record: where that input was read.

@@ -36,15 +36,21 @@ pub enum Guarantee {
     AtLeastOnce,
 }
 
-/// The producer settings every producer of the library uses: murmur2
-/// partitioning (as Java clients and the test driver), idempotence.
-pub(crate) fn producer_config(config: &RuntimeConfig) -> rdkafka::ClientConfig {
-    let mut client = config.client();
+/// Sets the producer settings every producer of the library uses: murmur2
+/// partitioning (so keys land where Java clients and the test driver put
+/// them, and co-partitioning holds), idempotence, acknowledgement by all
+/// replicas. Use it for producers that feed a topology's source topics.
+pub fn producer_settings(client: &mut rdkafka::ClientConfig) -> &mut rdkafka::ClientConfig {
     client
         .set("partitioner", "murmur2_random")
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5");
+        .set("linger.ms", "5")
+}
+
+fn producer_config(config: &RuntimeConfig) -> rdkafka::ClientConfig {
+    let mut client = config.client();
+    producer_settings(&mut client);
     client
 }
 
