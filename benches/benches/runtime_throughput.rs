@@ -25,11 +25,9 @@
 //! ("steady"), and the commits on the way (count, share of the time, mean and
 //! longest, from `RuntimeMetrics`), and counts the fold's outputs.
 //!
-//! At the default size fixed costs weigh heavily: most of the raw consumer's
-//! time is its start-up (librdkafka retries the offset query of a partition
-//! assigned before the client knows its leader after 500 ms), and a fold's
-//! start-up opens its tasks one after the other. `BENCH_RECORDS=1000000`
-//! gives more weight to the steady state.
+//! At the default size fixed costs weigh heavily (a fold's start-up joins the
+//! group and fences and restores its tasks); `BENCH_RECORDS=1000000` gives
+//! more weight to the steady state.
 //!
 //! Ratios are taken within a round (the three measurements follow each other
 //! on the same broker, so a noisy machine affects them alike); the summary
@@ -143,7 +141,9 @@ impl Measure {
 /// Reads every record of the input topic with a plain consumer.
 fn raw_consumption(broker: &Broker, records: u64) -> Measure {
     let started = Instant::now();
-    let consumer = broker.reader(INPUT, PARTITIONS, &[]);
+    // Fetches again as soon as its queue has room (librdkafka waits 1 s by
+    // default once the queue was full; the runtime's consumer is tuned alike).
+    let consumer = broker.reader(INPUT, PARTITIONS, &[("fetch.queue.backoff.ms", "10")]);
     let (mut read, mut bytes, mut first) = (0, 0, None);
     while read < records {
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {

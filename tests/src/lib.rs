@@ -124,6 +124,9 @@ impl Broker {
             config.set(*key, *value);
         }
         let consumer: BaseConsumer = config.create().expect("consumer");
+        // With the leaders known before the assignment, librdkafka queries the
+        // start offsets at once instead of failing and retrying 500 ms later.
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
         let mut assignment = TopicPartitionList::new();
         for p in 0..partitions {
             assignment.add_partition_offset(topic, p, Offset::Beginning).expect("partition");

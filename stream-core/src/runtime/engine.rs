@@ -14,21 +14,55 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, ConsumerContext};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::dedupe::Seen;
 use super::metrics::{MetricsHandle, TaskStatus};
-use super::restore;
+use super::restore::{self, Restored};
 use super::writer::{self, Guarantee, Writer};
 use super::{now_millis, provenance, RuntimeConfig, RuntimeError};
 use crate::error::StreamError;
 use crate::metrics::TaskMetrics;
-use crate::record::{OutputRecord, RawRecord, RecordMetadata};
+use crate::record::{Headers, OutputRecord, RawRecord, RecordMetadata};
 use crate::task::Task;
 use crate::topology::{TaskId, Topology};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most threads used to open or commit tasks side by side.
+const PARALLELISM: usize = 8;
+
+/// Runs `f` on every item, on up to [`PARALLELISM`] threads (the calling one
+/// for a single item), and returns the results in order, or the first error.
+fn on_threads<T: Send, R: Send>(
+    items: Vec<T>,
+    f: impl Fn(T) -> Result<R, RuntimeError> + Sync,
+) -> Result<Vec<R>, RuntimeError> {
+    if items.len() <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let per_thread = items.len().div_ceil(PARALLELISM);
+    let mut items = items.into_iter().peekable();
+    let mut chunks = Vec::new();
+    while items.peek().is_some() {
+        chunks.push(items.by_ref().take(per_thread).collect::<Vec<T>>());
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(move || chunk.into_iter().map(f).collect::<Result<Vec<R>, _>>()))
+            .collect();
+        let mut results = Vec::new();
+        for thread in threads {
+            results.extend(thread.join().unwrap_or(Err(RuntimeError::Poisoned))?);
+        }
+        Ok(results)
+    })
+}
 
 /// A task and what the runtime keeps beside it.
 struct Running {
@@ -50,10 +84,8 @@ pub(super) struct Engine {
     /// The producer tasks share under [`Guarantee::AtLeastOnce`].
     shared: Option<Arc<writer::TaskProducer>>,
     partitions: Arc<BTreeMap<String, u32>>,
-    /// Source topic → the sub-topology reading it.
-    readers: HashMap<String, u32>,
-    /// Repartition topics, whose records are de-duplicated by provenance.
-    repartition: HashSet<String>,
+    /// Source topic → who reads it.
+    readers: HashMap<Arc<str>, Reader>,
     tasks: BTreeMap<TaskId, Running>,
     pub(super) last_commit: Instant,
     /// Reused for each record's output.
@@ -66,11 +98,78 @@ pub(super) struct Engine {
     pub(super) metrics: MetricsHandle,
 }
 
+/// Who reads a source topic.
+struct Reader {
+    subtopology: u32,
+    /// Whether it is a repartition topic, whose records are de-duplicated by provenance.
+    repartition: bool,
+}
+
+/// Copies what a task needs out of a consumed message.
+fn raw_record(message: &BorrowedMessage<'_>) -> RawRecord {
+    let mut headers = Headers::new();
+    if let Some(h) = message.headers() {
+        for header in h.iter() {
+            headers.add(header.key, header.value.unwrap_or_default());
+        }
+    }
+    RawRecord {
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        timestamp: message.timestamp().to_millis().unwrap_or_else(now_millis),
+        headers,
+    }
+}
+
+/// `n` in decimal, written into `buffer`.
+fn decimal(n: i64, buffer: &mut [u8; 20]) -> &[u8] {
+    use std::io::Write as _;
+    let mut rest = &mut buffer[..];
+    // 20 bytes hold any i64.
+    let _ = write!(rest, "{n}");
+    let written = 20 - rest.len();
+    &buffer[..written]
+}
+
 /// The committed offset of `topic`/`partition` in `committed`, if any.
 fn committed_offset(committed: &TopicPartitionList, topic: &str, partition: i32) -> Option<i64> {
     match committed.find_partition(topic, partition)?.offset() {
         Offset::Offset(n) if n >= 0 => Some(n),
         _ => None,
+    }
+}
+
+/// What opening a task needs of the engine, shared by the threads that open tasks.
+struct Opener<'a> {
+    topology: &'a Topology,
+    config: &'a RuntimeConfig,
+    partitions: &'a Arc<BTreeMap<String, u32>>,
+    shared: &'a Option<Arc<writer::TaskProducer>>,
+    metrics: &'a MetricsHandle,
+}
+
+impl Opener<'_> {
+    /// Creates task `id` with empty stores, fences its earlier owners and
+    /// restores its stores; returns it with its writer, session and what
+    /// restoration found.
+    fn open(&self, id: TaskId) -> Result<(TaskId, Task, Writer, String, Restored), RuntimeError> {
+        self.metrics.update(|m| {
+            m.tasks.insert(id, TaskStatus { restoring: true, ..TaskStatus::default() });
+        });
+        // Local state may hold writes of a commit the cluster lost or never
+        // saw; it is rebuilt from the changelogs (a local checkpoint that
+        // would spare the replay is not built).
+        let streams = &self.config.streams;
+        streams.state.wipe_task(&streams.application_id, &id.to_string()).map_err(StreamError::from)?;
+        let mut task = Task::new(self.topology, id, streams, self.partitions.clone(), now_millis())?;
+        let mut writer = match self.shared {
+            Some(producer) => Writer::Shared(producer.clone()),
+            None => Writer::transactional(self.config, id)?,
+        };
+        // From here on no earlier owner can write any more.
+        let session = restore::session_id(id);
+        let restored = restore::restore(self.config, &mut writer, &mut task, id, &session)?;
+        Ok((id, task, writer, session, restored))
     }
 }
 
@@ -81,10 +180,13 @@ impl Engine {
         partitions: BTreeMap<String, u32>,
     ) -> Result<Engine, RuntimeError> {
         let app = config.streams.application_id.clone();
+        let repartition: HashSet<String> = topology.repartition_topics(&app).into_iter().collect();
         let mut readers = HashMap::new();
         for (i, sub) in topology.subtopologies.iter().enumerate() {
             for topic in &sub.sources {
-                readers.insert(topic.resolve(&app), i as u32);
+                let topic = topic.resolve(&app);
+                let reader = Reader { subtopology: i as u32, repartition: repartition.contains(&topic) };
+                readers.insert(Arc::from(topic), reader);
             }
         }
         let shared = match config.guarantee {
@@ -92,7 +194,6 @@ impl Engine {
             Guarantee::AtLeastOnce => Some(writer::shared_producer(&config)?),
         };
         Ok(Engine {
-            repartition: topology.repartition_topics(&app).into_iter().collect(),
             topology,
             config,
             shared,
@@ -110,7 +211,7 @@ impl Engine {
 
     /// The topics the consumer subscribes to.
     pub(super) fn source_topics(&self) -> Vec<String> {
-        self.readers.keys().cloned().collect()
+        self.readers.keys().map(|t| t.to_string()).collect()
     }
 
     /// Opens the tasks of the `assigned` partitions: fences their earlier
@@ -126,28 +227,22 @@ impl Engine {
             .elements()
             .iter()
             .filter_map(|e| {
-                let subtopology = *self.readers.get(e.topic())?;
+                let subtopology = self.readers.get(e.topic())?.subtopology;
                 Some(TaskId { subtopology, partition: e.partition() as u32 })
             })
             .filter(|id| !self.tasks.contains_key(id))
             .collect();
-        for id in ids {
-            self.metrics.update(|m| {
-                m.tasks.insert(id, TaskStatus { restoring: true, ..TaskStatus::default() });
-            });
-            // Local state may hold writes of a commit the cluster lost or never
-            // saw; it is rebuilt from the changelogs (a local checkpoint that
-            // would spare the replay is not built).
-            let streams = &self.config.streams;
-            streams.state.wipe_task(&streams.application_id, &id.to_string()).map_err(StreamError::from)?;
-            let mut task = Task::new(&self.topology, id, streams, self.partitions.clone(), now_millis())?;
-            let mut writer = match &self.shared {
-                Some(producer) => Writer::Shared(producer.clone()),
-                None => Writer::transactional(&self.config, id)?,
-            };
-            // From here on no earlier owner can write any more.
-            let session = restore::session_id(id);
-            let restored = restore::restore(&self.config, &mut writer, &mut task, id, &session)?;
+        // Fencing and restoring wait mostly on the cluster: tasks open side by side.
+        let ids: Vec<TaskId> = ids.into_iter().collect();
+        let opener = Opener {
+            topology: &self.topology,
+            config: &self.config,
+            partitions: &self.partitions,
+            shared: &self.shared,
+            metrics: &self.metrics,
+        };
+        let opened = on_threads(ids, |id| opener.open(id))?;
+        for (id, task, writer, session, restored) in opened {
             self.restored += restored.records;
             let partition = id.partition as i32;
             // A task with stores resumes where the commit it restored left its
@@ -164,6 +259,7 @@ impl Engine {
             } else {
                 None
             };
+            let mut positions = Vec::new();
             for topic in task.source_topics() {
                 let position = match &committed {
                     Some(committed) => committed_offset(committed, topic, partition),
@@ -172,9 +268,10 @@ impl Engine {
                 let offset = position.map_or(Offset::Beginning, Offset::Offset);
                 if assigned.find_partition(topic, partition).is_some() {
                     assigned.set_partition_offset(topic, partition, offset)?;
+                    positions.push(format!("{topic}/{partition}@{}", position.unwrap_or(0)));
                 }
             }
-            tracing::info!(task = %id, %session, positions = ?assigned, "task opened");
+            tracing::info!(task = %id, %session, positions = %positions.join(" "), "task opened");
             self.tasks.insert(
                 id,
                 Running {
@@ -194,40 +291,50 @@ impl Engine {
 
     /// Runs one input record through its task and sends what it output, with
     /// the record's provenance.
-    pub(super) fn process(&mut self, meta: RecordMetadata, raw: RawRecord) -> Result<(), RuntimeError> {
-        let Some(&subtopology) = self.readers.get(&*meta.topic) else {
+    pub(super) fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), RuntimeError> {
+        let Some((topic, reader)) = self.readers.get_key_value(message.topic()) else {
             return Ok(());
         };
-        let id = TaskId { subtopology, partition: meta.partition };
+        let meta = RecordMetadata { topic: topic.clone(), partition: message.partition() as u32, offset: message.offset() };
+        let id = TaskId { subtopology: reader.subtopology, partition: meta.partition };
         let running = self.tasks.get_mut(&id).ok_or_else(|| {
             StreamError::processing(format!("no task for {} partition {}", meta.topic, meta.partition))
         })?;
         running.positions.insert((meta.topic.clone(), meta.partition as i32), meta.offset + 1);
-        if self.repartition.contains(&*meta.topic) && running.seen.is_duplicate(&raw.headers) {
+        let raw = raw_record(message);
+        if reader.repartition && running.seen.is_duplicate(&raw.headers) {
             self.duplicates += 1;
             return Ok(());
         }
         running.task.process(meta.clone(), raw)?;
         running.task.swap_output(&mut self.buffer);
-        let (partition, offset) = (meta.partition.to_string(), meta.offset.to_string());
+        let (mut partition, mut offset) = ([0; 20], [0; 20]);
         let source = [
             (provenance::TOPIC, meta.topic.as_bytes()),
-            (provenance::PARTITION, partition.as_bytes()),
-            (provenance::OFFSET, offset.as_bytes()),
+            (provenance::PARTITION, decimal(meta.partition.into(), &mut partition)),
+            (provenance::OFFSET, decimal(meta.offset, &mut offset)),
         ];
         for (rank, record) in self.buffer.drain(..).enumerate() {
             // The rank is left out when 0, the common case.
             if rank == 0 {
                 running.writer.send(&record, &source)?;
             } else {
-                let rank = rank.to_string();
+                let mut buffer = [0; 20];
                 let mut headers = source.to_vec();
-                headers.push((provenance::RANK, rank.as_bytes()));
+                headers.push((provenance::RANK, decimal(rank as i64, &mut buffer)));
                 running.writer.send(&record, &headers)?;
             }
         }
-        running.writer.poll();
         Ok(())
+    }
+
+    /// Serves the delivery reports that arrived, without waiting for more
+    /// (commits wait for all of them).
+    pub(super) fn serve_deliveries(&self) {
+        match &self.shared {
+            Some(producer) => producer.poll(Duration::ZERO),
+            None => self.tasks.values().for_each(|r| r.writer.poll()),
+        }
     }
 
     /// Runs the wall-clock punctuations due at `now` in every task.
@@ -239,33 +346,48 @@ impl Engine {
     }
 
     /// Commits every task that did something since its last commit (see the
-    /// [module docs](self)), then makes the store writes durable locally.
+    /// [module docs](self)), on up to [`PARALLELISM`] threads so that the
+    /// tasks' round trips to the cluster overlap; with at-least-once, then
+    /// commits their input offsets through the consumer.
     pub(super) fn commit<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>) -> Result<(), RuntimeError> {
         let started = Instant::now();
-        let mut committed = false;
-        for (id, running) in &mut self.tasks {
-            committed |= Self::commit_task(*id, running, &mut self.buffer, consumer)?;
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| KafkaError::Subscription("the consumer has no group metadata".into()))?;
+        let tasks: Vec<(TaskId, &mut Running)> = self.tasks.iter_mut().map(|(id, r)| (*id, r)).collect();
+        let committed = on_threads(tasks, |(id, running)| Self::commit_task(id, running, &group))?;
+        let committed: Vec<TopicPartitionList> = committed.into_iter().flatten().collect();
+        if self.shared.is_some() {
+            let mut offsets = TopicPartitionList::new();
+            for element in committed.iter().flat_map(TopicPartitionList::elements) {
+                offsets.add_partition_offset(element.topic(), element.partition(), element.offset())?;
+            }
+            if offsets.count() > 0 {
+                consumer.commit(&offsets, CommitMode::Sync)?;
+            }
         }
         self.last_commit = Instant::now();
-        self.publish_metrics(committed.then(|| started.elapsed()));
+        self.publish_metrics((!committed.is_empty()).then(|| started.elapsed()));
         Ok(())
     }
 
-    fn commit_task<C: ConsumerContext>(
+    /// Commits one task; returns the input offsets committed, or `None` if
+    /// the task had nothing to commit.
+    fn commit_task(
         id: TaskId,
         running: &mut Running,
-        buffer: &mut Vec<OutputRecord>,
-        consumer: &impl Consumer<C>,
-    ) -> Result<bool, RuntimeError> {
+        group: &ConsumerGroupMetadata,
+    ) -> Result<Option<TopicPartitionList>, RuntimeError> {
         let number = running.commits + 1;
         let tag = restore::commit_headers(&running.session, number);
         running.task.prepare_commit(&tag);
-        running.task.swap_output(buffer);
-        let idle = buffer.is_empty() && running.positions.is_empty() && !running.seen.has_changes();
+        let mut outputs = Vec::new();
+        running.task.swap_output(&mut outputs);
+        let idle = outputs.is_empty() && running.positions.is_empty() && !running.seen.has_changes();
         if idle && !running.writer.is_open() {
-            return Ok(false);
+            return Ok(None);
         }
-        for record in buffer.drain(..) {
+        for record in outputs {
             running.writer.send(&record, &[])?;
         }
         let changelogs = running.task.changelogs();
@@ -292,12 +414,12 @@ impl Engine {
         for ((topic, partition), offset) in &running.positions {
             offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
-        running.writer.commit(&offsets, consumer)?;
+        running.writer.commit(&offsets, group)?;
         tracing::debug!(task = %id, number, ?offsets, "committed");
         running.commits = number;
         running.positions.clear();
         running.task.commit()?;
-        Ok(true)
+        Ok(Some(offsets))
     }
 
     /// Closes the tasks that read one of `partitions` (being revoked).

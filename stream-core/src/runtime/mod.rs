@@ -65,19 +65,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Message, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::config::StreamsConfig;
 use crate::error::{StreamError, TopologyError};
-use crate::record::{Headers, RawRecord, RecordMetadata};
 use crate::topology::Topology;
 use engine::Engine;
 pub use metrics::{MetricsHandle, RuntimeMetrics, TaskStatus};
 pub use query::StoreReader;
 pub use writer::{producer_settings, Guarantee};
+
+/// Most records a step processes before it checks whether to commit.
+const STEP_RECORDS: usize = 256;
 
 /// Header names of the provenance the runtime adds to every output record
 /// produced while processing an input record: where that input was read.
@@ -226,28 +227,6 @@ impl ConsumerContext for Rebalancing {
         }
     }
 }
-/// Copies what the runtime needs out of a consumed message.
-fn owned(message: &BorrowedMessage<'_>) -> (RecordMetadata, RawRecord) {
-    let mut headers = Headers::new();
-    if let Some(h) = message.headers() {
-        for header in h.iter() {
-            headers.add(header.key, header.value.unwrap_or_default());
-        }
-    }
-    let meta = RecordMetadata {
-        topic: Arc::from(message.topic()),
-        partition: message.partition() as u32,
-        offset: message.offset(),
-    };
-    let raw = RawRecord {
-        key: message.key().map(<[u8]>::to_vec),
-        value: message.payload().map(<[u8]>::to_vec),
-        timestamp: message.timestamp().to_millis().unwrap_or_else(now_millis),
-        headers,
-    };
-    (meta, raw)
-}
-
 pub(crate) fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -268,8 +247,13 @@ impl Runtime {
         let topics = engine.source_topics();
         let metrics = engine.metrics.clone();
         let context = Rebalancing { engine: Arc::new(Mutex::new(engine)), metrics, failure: Mutex::new(None) };
-        let consumer: BaseConsumer<Rebalancing> = config
-            .client()
+        let mut client = config.client();
+        if !config.properties.iter().any(|(key, _)| key == "fetch.queue.backoff.ms") {
+            // After its local queue was full, librdkafka waits 1 s by default
+            // before fetching again, though a busy task empties it sooner.
+            client.set("fetch.queue.backoff.ms", "20");
+        }
+        let consumer: BaseConsumer<Rebalancing> = client
             .set("group.id", &config.streams.application_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -325,18 +309,30 @@ impl Runtime {
         self.consumer.context().metrics.clone()
     }
 
+    /// Processes the records that come within `timeout`, up to
+    /// [`STEP_RECORDS`], then commits if the commit interval is over.
     fn step(&mut self, timeout: Duration) -> Result<(), RuntimeError> {
-        let polled = self.consumer.poll(timeout).map(|m| m.map(|m| owned(&m)));
-        if let Some(error) = self.consumer.context().failure.lock().ok().and_then(|mut f| f.take()) {
-            return Err(error);
+        let mut timeout = timeout;
+        for _ in 0..STEP_RECORDS {
+            // The rebalance callback, which may run during `poll`, takes the
+            // engine: it is not held while polling.
+            let polled = self.consumer.poll(timeout);
+            timeout = Duration::ZERO;
+            if let Some(error) = self.consumer.context().failure.lock().ok().and_then(|mut f| f.take()) {
+                return Err(error);
+            }
+            match polled {
+                None => break,
+                // librdkafka retries on its own; a consumer error is reported, not fatal.
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "consumer error");
+                    break;
+                }
+                Some(Ok(message)) => self.consumer.context().engine()?.process(&message)?,
+            }
         }
         let mut engine = self.engine()?;
-        match polled {
-            None => {}
-            // librdkafka retries on its own; a consumer error is reported, not fatal.
-            Some(Err(error)) => tracing::warn!(%error, "consumer error"),
-            Some(Ok((meta, raw))) => engine.process(meta, raw)?,
-        }
+        engine.serve_deliveries();
         if engine.last_commit.elapsed() >= engine.config.commit_interval {
             engine.advance_wall_clock(now_millis())?;
             engine.commit(&self.consumer)?;

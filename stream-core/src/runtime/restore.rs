@@ -238,6 +238,9 @@ pub(crate) fn restore(
     let marker = format!(r#"{{"token":"{session}"}}"#);
     for topic in &changelogs {
         writer.write_marker(topic, partition, MARKER_KEY, marker.as_bytes())?;
+        // Knowing the partition's leader before it is assigned spares the
+        // consumer a failed offset query and librdkafka's 500 ms wait to retry.
+        consumer.fetch_metadata(Some(topic), TIMEOUT)?;
     }
 
     // First pass: the last complete commit of each session, in every changelog.

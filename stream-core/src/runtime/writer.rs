@@ -5,12 +5,12 @@
 //! opens a task fences every earlier owner of it; a commit is one
 //! transaction holding the task's outputs, changelog records and input
 //! offsets. At-least-once: the tasks share one idempotent producer; a commit
-//! flushes it, then commits the offsets.
+//! flushes it, then the runtime commits the offsets through the consumer.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -82,6 +82,23 @@ impl Deliveries {
             None => Ok(()),
         }
     }
+}
+
+/// Serves `producer`'s delivery reports until every record sent is stored or
+/// failed, then fails if one failed. (rdkafka's `flush`, which
+/// `commit_transaction` calls first, polls in 100 ms slices that it always
+/// waits out; polling 1 ms at a time ends soon after the last
+/// acknowledgement, and leaves nothing for those calls to wait for.)
+fn drain(producer: &TaskProducer) -> Result<(), RuntimeError> {
+    let started = Instant::now();
+    while producer.in_flight_count() > 0 {
+        if started.elapsed() > TIMEOUT {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut).into());
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    producer.context().check()?;
+    Ok(())
 }
 
 /// The producer type of every writer.
@@ -162,10 +179,7 @@ impl Writer {
 
     /// Waits until every record sent so far is stored; fails if one was not.
     pub(crate) fn flush(&self) -> Result<(), RuntimeError> {
-        let producer = self.inner();
-        producer.flush(TIMEOUT)?;
-        producer.context().check()?;
-        Ok(())
+        drain(self.inner())
     }
 
     /// Serves delivery reports without blocking.
@@ -197,40 +211,25 @@ impl Writer {
     /// Commits the open transaction, or flushes the shared producer; either
     /// way fails if a record was not delivered.
     fn commit_records(&mut self) -> Result<(), RuntimeError> {
-        match self {
-            Writer::Transactional(producer, open) => {
-                *open = false;
-                producer.commit_transaction(TIMEOUT)?;
-            }
-            Writer::Shared(producer) => {
-                producer.flush(TIMEOUT)?;
-                producer.context().check()?;
-            }
+        self.flush()?;
+        if let Writer::Transactional(producer, open) = self {
+            *open = false;
+            producer.commit_transaction(TIMEOUT)?;
         }
         Ok(())
     }
 
-    /// Commits what was sent together with the consumer `offsets`: one
-    /// transaction, or a flush followed by an offset commit.
-    pub(crate) fn commit<C: ConsumerContext>(
+    /// Commits what was sent: with a transactional writer, in one transaction
+    /// with the consumer `offsets` of `group`; with the shared producer, by
+    /// flushing it (the caller then commits the offsets through the consumer).
+    pub(crate) fn commit(
         &mut self,
         offsets: &TopicPartitionList,
-        consumer: &impl Consumer<C>,
+        group: &ConsumerGroupMetadata,
     ) -> Result<(), RuntimeError> {
-        let shared = matches!(self, Writer::Shared(_));
-        if !shared {
-            let group = consumer
-                .group_metadata()
-                .ok_or_else(|| KafkaError::Subscription("the consumer has no group metadata".into()))?;
-            let producer = self.producer()?;
-            if offsets.count() > 0 {
-                producer.send_offsets_to_transaction(offsets, &group, TIMEOUT)?;
-            }
+        if let (Writer::Transactional(..), true) = (&self, offsets.count() > 0) {
+            self.producer()?.send_offsets_to_transaction(offsets, group, TIMEOUT)?;
         }
-        self.commit_records()?;
-        if shared && offsets.count() > 0 {
-            consumer.commit(offsets, CommitMode::Sync)?;
-        }
-        Ok(())
+        self.commit_records()
     }
 }
