@@ -9,8 +9,9 @@ use integration_tests::Broker;
 use rdkafka::message::Headers as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;
-use stream_core::runtime::{provenance, Runtime, RuntimeConfig};
+use stream_core::runtime::{provenance, Runtime, RuntimeConfig, RuntimeMetrics};
 use stream_core::serdes::{Utf8, I64};
+use stream_core::state::StateBackend;
 use stream_core::{Consumed, Grouped, Materialized, Produced, StreamsBuilder, StreamsConfig, Topology};
 
 const PARTITIONS: i32 = 4;
@@ -52,11 +53,17 @@ fn produce_to(broker: &Broker, topic: &str, from: i64, count: i64) -> Vec<(Strin
 
 /// Runs the application until it has read `count` records (or 60 s pass).
 fn run(broker: &Broker, count: u64) -> u64 {
-    let config = RuntimeConfig::new(StreamsConfig::new("fold-app"), broker.bootstrap());
+    run_with(broker, count, StreamsConfig::new("fold-app")).totals.records_in
+}
+
+/// Runs the application with `streams` until it has read `count` records
+/// (or 60 s pass); returns its metrics.
+fn run_with(broker: &Broker, count: u64, streams: StreamsConfig) -> RuntimeMetrics {
+    let config = RuntimeConfig::new(streams, broker.bootstrap());
     let mut runtime = Runtime::new(topology(), config).expect("runtime");
     let deadline = Instant::now() + Duration::from_secs(60);
     runtime.run(|m| m.totals.records_in >= count || Instant::now() > deadline).expect("run");
-    runtime.metrics().totals.records_in
+    runtime.metrics()
 }
 
 /// The latest total per key on the `totals` topic, once `expected` records
@@ -113,6 +120,52 @@ fn a_restarted_application_restores_its_state_from_the_changelog() {
     movements.extend(produce(&broker, 3_000, 1_000));
     assert_eq!(run(&broker, 1_000), 1_000, "the committed offsets were kept");
     assert_eq!(read_totals(&broker, 4_000), fold(&movements));
+}
+
+/// RocksDB stores closed cleanly leave local checkpoints: the next start on
+/// the same state directory reads only what the changelogs got since. An
+/// instance whose checkpoints are older than the changelogs (another
+/// instance ran the tasks in between) catches up from them.
+#[test]
+fn a_cleanly_closed_task_reopens_from_its_local_checkpoint() {
+    let broker = Broker::start();
+    broker.create_topic("movements", PARTITIONS);
+    broker.create_topic("totals", PARTITIONS);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let streams = |name: &str| StreamsConfig::new("fold-app").state(StateBackend::RocksDb(dir.path().join(name)));
+    let checkpoints = |name: &str| {
+        let files = std::fs::read_dir(dir.path().join(name).join("fold-app")).expect("state directory");
+        files.filter(|f| f.as_ref().is_ok_and(|f| f.path().extension().is_some_and(|e| e == "checkpoint"))).count()
+    };
+
+    let mut movements = produce(&broker, 0, 3_000);
+    let first = run_with(&broker, 3_000, streams("a"));
+    assert_eq!(first.restored_records, 0, "nothing to restore at first");
+    assert_eq!(checkpoints("a"), PARTITIONS as usize, "one checkpoint per task");
+
+    movements.extend(produce(&broker, 3_000, 1_000));
+    let second = run_with(&broker, 1_000, streams("a"));
+    assert_eq!(second.totals.records_in, 1_000);
+    assert_eq!(second.restored_records, 0, "the local stores were up to date");
+    assert_eq!(read_totals(&broker, 4_000), fold(&movements));
+
+    // Another state directory: no checkpoint, the changelogs are replayed.
+    movements.extend(produce(&broker, 4_000, 1_000));
+    let other = run_with(&broker, 1_000, streams("b"));
+    assert!(other.restored_records >= 30, "every key restored: {}", other.restored_records);
+
+    // Back on the first directory: its checkpoints predate the other run's
+    // commits, which are read from the changelogs on top of the local stores.
+    movements.extend(produce(&broker, 5_000, 1_000));
+    let third = run_with(&broker, 1_000, streams("a"));
+    assert_eq!(third.totals.records_in, 1_000);
+    assert!(
+        (1..other.restored_records).contains(&third.restored_records),
+        "only the other run's changes are read: {} of {}",
+        third.restored_records,
+        other.restored_records
+    );
+    assert_eq!(read_totals(&broker, 6_000), fold(&movements));
 }
 
 /// Two instances share 8 partitions: the second joins while the first is

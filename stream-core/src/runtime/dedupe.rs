@@ -39,6 +39,13 @@ fn parse<T: std::str::FromStr>(headers: &Headers, name: &str) -> Option<T> {
     headers.get_str(name)?.parse().ok()
 }
 
+/// The changelog record (key, value) saying that `source` was seen up to `position`.
+fn entry(source: &(String, u32), (offset, rank): &Position) -> (Vec<u8>, Vec<u8>) {
+    let mut value = offset.to_be_bytes().to_vec();
+    value.extend_from_slice(&rank.to_be_bytes());
+    (source_key(PREFIX, &source.0, source.1), value)
+}
+
 impl Seen {
     /// Whether a record with these headers was already applied; records
     /// without provenance are never duplicates. Remembers the record otherwise.
@@ -70,16 +77,12 @@ impl Seen {
     /// The changed entries as changelog records (key, value).
     pub(crate) fn take_changes(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let changed: Vec<_> = self.changed.drain().collect();
-        changed
-            .into_iter()
-            .filter_map(|source| {
-                let (offset, rank) = self.last.get(&source)?;
-                let key = source_key(PREFIX, &source.0, source.1);
-                let mut value = offset.to_be_bytes().to_vec();
-                value.extend_from_slice(&rank.to_be_bytes());
-                Some((key, value))
-            })
-            .collect()
+        changed.into_iter().filter_map(|source| Some(entry(&source, self.last.get(&source)?))).collect()
+    }
+
+    /// Every entry, as changelog records (key, value).
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
+        self.last.iter().map(|(source, position)| entry(source, position))
     }
 
     /// Whether a changelog key is one of these entries.

@@ -19,9 +19,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use super::checkpoint::Checkpoint;
 use super::dedupe::Seen;
 use super::metrics::{MetricsHandle, TaskStatus};
-use super::restore::{self, Restored};
+use super::restore;
 use super::writer::{self, Guarantee, Writer};
 use super::{now_millis, provenance, RuntimeConfig, RuntimeError};
 use crate::error::StreamError;
@@ -74,6 +75,8 @@ struct Running {
     commits: u64,
     /// Next offset to commit, per input partition.
     positions: HashMap<(Arc<str>, i32), i64>,
+    /// Input positions of its last commit (or of the commit it restored).
+    committed: HashMap<(String, i32), i64>,
     seen: Seen,
     restored: u64,
 }
@@ -149,27 +152,45 @@ struct Opener<'a> {
 }
 
 impl Opener<'_> {
-    /// Creates task `id` with empty stores, fences its earlier owners and
-    /// restores its stores; returns it with its writer, session and what
-    /// restoration found.
-    fn open(&self, id: TaskId) -> Result<(TaskId, Task, Writer, String, Restored), RuntimeError> {
+    /// Opens task `id`: fences its earlier owners, then restores its stores
+    /// (from their local checkpoint if there is one that fits, else from
+    /// empty stores).
+    fn open(&self, id: TaskId) -> Result<Running, RuntimeError> {
         self.metrics.update(|m| {
             m.tasks.insert(id, TaskStatus { restoring: true, ..TaskStatus::default() });
         });
-        // Local state may hold writes of a commit the cluster lost or never
-        // saw; it is rebuilt from the changelogs (a local checkpoint that
-        // would spare the replay is not built).
         let streams = &self.config.streams;
-        streams.state.wipe_task(&streams.application_id, &id.to_string()).map_err(StreamError::from)?;
-        let mut task = Task::new(self.topology, id, streams, self.partitions.clone(), now_millis())?;
+        let mut checkpoint = Checkpoint::take(streams, id).map_err(StreamError::from)?;
         let mut writer = match self.shared {
             Some(producer) => Writer::Shared(producer.clone()),
             None => Writer::transactional(self.config, id)?,
         };
         // From here on no earlier owner can write any more.
         let session = restore::session_id(id);
-        let restored = restore::restore(self.config, &mut writer, &mut task, id, &session)?;
-        Ok((id, task, writer, session, restored))
+        loop {
+            if checkpoint.is_none() {
+                // Local state without a checkpoint may hold writes of a commit
+                // the cluster lost or never saw: it is rebuilt.
+                streams.state.wipe_task(&streams.application_id, &id.to_string()).map_err(StreamError::from)?;
+            }
+            let mut task = Task::new(self.topology, id, streams, self.partitions.clone(), now_millis())?;
+            let restoring = (id, session.as_str());
+            let Some(restored) = restore::restore(self.config, &mut writer, &mut task, restoring, checkpoint.as_ref())?
+            else {
+                checkpoint = None;
+                continue;
+            };
+            return Ok(Running {
+                task,
+                writer,
+                session,
+                commits: 0,
+                positions: HashMap::new(),
+                committed: restored.positions,
+                seen: restored.seen,
+                restored: restored.records,
+            });
+        }
     }
 }
 
@@ -241,18 +262,18 @@ impl Engine {
             shared: &self.shared,
             metrics: &self.metrics,
         };
-        let opened = on_threads(ids, |id| opener.open(id))?;
-        for (id, task, writer, session, restored) in opened {
-            self.restored += restored.records;
+        let opened = on_threads(ids, |id| Ok((id, opener.open(id)?)))?;
+        for (id, running) in opened {
+            self.restored += running.restored;
             let partition = id.partition as i32;
             // A task with stores resumes where the commit it restored left its
             // inputs (from the beginning if none): state and positions come from
             // the same commit. The group's offsets may lag behind or lose
             // commits on the test broker; they only serve stateless tasks, which
             // at worst process some records again.
-            let committed = if task.changelogs().is_empty() {
+            let committed = if running.task.changelogs().is_empty() {
                 let mut query = TopicPartitionList::new();
-                for topic in task.source_topics() {
+                for topic in running.task.source_topics() {
                     query.add_partition(topic, partition);
                 }
                 Some(consumer.committed_offsets(query, TIMEOUT)?)
@@ -260,30 +281,20 @@ impl Engine {
                 None
             };
             let mut positions = Vec::new();
-            for topic in task.source_topics() {
+            for topic in running.task.source_topics() {
                 let position = match &committed {
                     Some(committed) => committed_offset(committed, topic, partition),
-                    None => restored.positions.get(&(topic.to_string(), partition)).copied(),
+                    None => running.committed.get(&(topic.to_string(), partition)).copied(),
                 };
                 let offset = position.map_or(Offset::Beginning, Offset::Offset);
                 if assigned.find_partition(topic, partition).is_some() {
                     assigned.set_partition_offset(topic, partition, offset)?;
-                    positions.push(format!("{topic}/{partition}@{}", position.unwrap_or(0)));
+                    let at = position.map_or_else(|| "beginning".to_string(), |p| p.to_string());
+                    positions.push(format!("{topic}/{partition}@{at}"));
                 }
             }
-            tracing::info!(task = %id, %session, positions = %positions.join(" "), "task opened");
-            self.tasks.insert(
-                id,
-                Running {
-                    task,
-                    writer,
-                    session,
-                    commits: 0,
-                    positions: HashMap::new(),
-                    seen: restored.seen,
-                    restored: restored.records,
-                },
-            );
+            tracing::info!(task = %id, session = %running.session, positions = %positions.join(" "), "task opened");
+            self.tasks.insert(id, running);
         }
         self.publish_metrics(None);
         Ok(())
@@ -295,7 +306,8 @@ impl Engine {
         let Some((topic, reader)) = self.readers.get_key_value(message.topic()) else {
             return Ok(());
         };
-        let meta = RecordMetadata { topic: topic.clone(), partition: message.partition() as u32, offset: message.offset() };
+        let meta =
+            RecordMetadata { topic: topic.clone(), partition: message.partition() as u32, offset: message.offset() };
         let id = TaskId { subtopology: reader.subtopology, partition: meta.partition };
         let running = self.tasks.get_mut(&id).ok_or_else(|| {
             StreamError::processing(format!("no task for {} partition {}", meta.topic, meta.partition))
@@ -417,13 +429,16 @@ impl Engine {
         running.writer.commit(&offsets, group)?;
         tracing::debug!(task = %id, number, ?offsets, "committed");
         running.commits = number;
-        running.positions.clear();
+        for ((topic, partition), offset) in running.positions.drain() {
+            running.committed.insert((topic.to_string(), partition), offset);
+        }
         running.task.commit()?;
         Ok(Some(offsets))
     }
 
-    /// Closes the tasks that read one of `partitions` (being revoked).
-    pub(super) fn close_partitions(&mut self, partitions: &TopicPartitionList) {
+    /// Closes the tasks that read one of `partitions` (being revoked), with a
+    /// local checkpoint if they were `committed` just before.
+    pub(super) fn close_partitions(&mut self, partitions: &TopicPartitionList, committed: bool) {
         let revoked: Vec<(String, u32)> =
             partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition() as u32)).collect();
         let closing: Vec<TaskId> = self
@@ -435,23 +450,43 @@ impl Engine {
         for id in closing {
             if let Some(running) = self.tasks.remove(&id) {
                 tracing::info!(task = %id, "partition revoked: task closed");
-                self.close(running);
+                self.close(id, running, committed);
             }
         }
         self.publish_metrics(None);
     }
 
-    /// Closes every task.
+    /// Closes every task after a successful commit, with local checkpoints.
     pub(super) fn close_all(&mut self) {
-        for (_, running) in std::mem::take(&mut self.tasks) {
-            self.close(running);
+        for (id, running) in std::mem::take(&mut self.tasks) {
+            self.close(id, running, true);
         }
         self.publish_metrics(None);
     }
 
-    fn close(&mut self, mut running: Running) {
+    /// Closes a task; if it was `committed` just before, its stores hold
+    /// the state of its last commit, which a local checkpoint records.
+    fn close(&mut self, id: TaskId, mut running: Running, committed: bool) {
         self.closed.add(running.task.metrics());
         running.task.close();
+        let partition = id.partition as i32;
+        let changelogs: Option<BTreeMap<String, i64>> = running
+            .task
+            .changelogs()
+            .iter()
+            .map(|topic| Some((topic.to_string(), running.writer.boundary(topic, partition)?)))
+            .collect();
+        let Some(changelogs) = changelogs.filter(|c| committed && !c.is_empty() && !running.writer.is_open()) else {
+            return;
+        };
+        let positions =
+            running.committed.iter().map(|((topic, p), offset)| restore::position_entry(topic, *p, *offset));
+        let checkpoint = Checkpoint { changelogs, entries: positions.chain(running.seen.entries()).collect() };
+        // The stores close before the checkpoint says what they hold.
+        drop(running.task);
+        if let Err(error) = checkpoint.write(&self.config.streams, id) {
+            tracing::warn!(task = %id, %error, "cannot write the local checkpoint");
+        }
     }
 
     /// Refreshes the shared metrics; `commit` is the latency of a commit just made.

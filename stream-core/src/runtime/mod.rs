@@ -8,7 +8,9 @@
 //! their changelogs to the task's last commit that is wholly in them (see
 //! `restore`), and starts reading from that commit's input positions, which
 //! the changelog holds too. When partitions are revoked, their tasks are
-//! committed and closed first.
+//! committed and closed first; a task closed right after a successful commit
+//! leaves a local checkpoint, so that reopening it on this instance reads
+//! only what was written to its changelogs since (see `checkpoint`).
 //!
 //! Every `commit_interval` each active task commits: with
 //! [`Guarantee::ExactlyOnce`] one Kafka transaction holds its outputs, its
@@ -52,6 +54,7 @@
 //! ```
 
 mod admin;
+mod checkpoint;
 mod dedupe;
 mod engine;
 mod metrics;
@@ -206,7 +209,7 @@ impl Rebalancing {
     fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) -> Result<(), RuntimeError> {
         let mut engine = self.engine()?;
         let result = engine.commit(consumer);
-        engine.close_partitions(partitions);
+        engine.close_partitions(partitions, result.is_ok());
         consumer.unassign()?;
         result
     }

@@ -48,6 +48,7 @@ use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use super::checkpoint::Checkpoint;
 use super::dedupe::Seen;
 use super::writer::Writer;
 use super::{RuntimeConfig, RuntimeError};
@@ -119,6 +120,12 @@ pub(crate) fn commit_record(session: &str, number: u64) -> (Vec<u8>, Vec<u8>) {
     (commit_key(session), number.to_be_bytes().to_vec())
 }
 
+/// Whether `key` is that of a restore marker or a commit record: where a
+/// writer's records end for now (see `checkpoint`).
+pub(crate) fn is_boundary(key: &[u8]) -> bool {
+    key == MARKER_KEY || key.starts_with(COMMIT_PREFIX)
+}
+
 /// The key of the commit records of `session`.
 fn commit_key(session: &str) -> Vec<u8> {
     [COMMIT_PREFIX, session.as_bytes()].concat()
@@ -177,18 +184,17 @@ impl Completion {
     }
 }
 
-/// Reads `topic`'s `partition` from the beginning, giving each message to
-/// `each`, until the restore marker with `token`; fails when no message comes
-/// for [`TIMEOUT`].
+/// Reads `topic`'s `partition` from `start`, giving each message to `each`,
+/// until the restore marker with `token`; fails when no message comes for
+/// [`TIMEOUT`].
 fn replay(
     consumer: &BaseConsumer,
-    topic: &str,
-    partition: i32,
+    (topic, partition, start): (&str, i32, Offset),
     token: &str,
     mut each: impl FnMut(&BorrowedMessage<'_>) -> Result<(), RuntimeError>,
 ) -> Result<(), RuntimeError> {
     let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    assignment.add_partition_offset(topic, partition, start)?;
     consumer.assign(&assignment)?;
     let mut last_message = Instant::now();
     loop {
@@ -213,18 +219,21 @@ fn replay(
 
 /// Restores task `id`'s stores to its last complete commit, writing the
 /// restore markers of `session` with `writer`, which must already have
-/// fenced the task's previous owners.
+/// fenced the task's previous owners. With a local `checkpoint`, the stores
+/// hold its state and the changelogs are read from its offsets on; returns
+/// `None` if it does not fit the changelogs (the stores must then be emptied
+/// and restored without it).
 pub(crate) fn restore(
     config: &RuntimeConfig,
     writer: &mut Writer,
     task: &mut Task,
-    id: TaskId,
-    session: &str,
-) -> Result<Restored, RuntimeError> {
+    (id, session): (TaskId, &str),
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Option<Restored>, RuntimeError> {
     let mut restored = Restored { positions: HashMap::new(), seen: Seen::default(), records: 0 };
     let changelogs: Vec<String> = task.changelogs().iter().map(|t| t.to_string()).collect();
     if changelogs.is_empty() {
-        return Ok(restored);
+        return Ok(Some(restored));
     }
     let consumer: BaseConsumer = config
         .client()
@@ -242,12 +251,27 @@ pub(crate) fn restore(
         // consumer a failed offset query and librdkafka's 500 ms wait to retry.
         consumer.fetch_metadata(Some(topic), TIMEOUT)?;
     }
+    let mut starts = HashMap::new();
+    if let Some(checkpoint) = checkpoint {
+        for topic in &changelogs {
+            let offset = checkpoint.changelogs.get(topic).copied().unwrap_or(0);
+            // The marker just written is at or after the checkpoint's offset,
+            // unless the changelog was recreated since.
+            let (_, end) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
+            if !checkpoint.fits(&changelogs) || end <= offset {
+                tracing::warn!(task = %id, %topic, offset, end, "local checkpoint does not fit the changelogs");
+                return Ok(None);
+            }
+            starts.insert(topic.clone(), Offset::Offset(offset));
+        }
+    }
+    let start = |topic: &String| starts.get(topic).copied().unwrap_or(Offset::Beginning);
 
     // First pass: the last complete commit of each session, in every changelog.
     let mut complete: Option<HashMap<String, u64>> = None;
     for topic in &changelogs {
         let mut completion = Completion::default();
-        replay(&consumer, topic, partition, session, |message| {
+        replay(&consumer, (topic, partition, start(topic)), session, |message| {
             if let (Some((session, number)), Some(key)) = (commit_of(message), message.key()) {
                 completion.read(session, number, key);
             }
@@ -264,9 +288,23 @@ pub(crate) fn restore(
     // Second pass: apply the records of those commits.
     let mut skipped = 0u64;
     let mut seen_records = HashMap::new();
+    let mut entry = |key: &[u8], value: &[u8]| {
+        if let Some((source, offset)) = parse_position(key, value) {
+            restored.positions.insert(source, offset);
+            true
+        } else if Seen::is_entry(key) {
+            seen_records.insert(key.to_vec(), value.to_vec());
+            true
+        } else {
+            false
+        }
+    };
+    for (key, value) in checkpoint.iter().flat_map(|c| &c.entries) {
+        entry(key, value);
+    }
     let mut last_log = Instant::now();
     for (store, topic) in changelogs.iter().enumerate() {
-        replay(&consumer, topic, partition, session, |message| {
+        replay(&consumer, (topic, partition, start(topic)), session, |message| {
             let Some(key) = message.key().filter(|k| !k.starts_with(COMMIT_PREFIX)) else {
                 return Ok(());
             };
@@ -275,11 +313,7 @@ pub(crate) fn restore(
                 skipped += 1;
                 return Ok(());
             }
-            if let Some((source, offset)) = parse_position(key, message.payload().unwrap_or_default()) {
-                restored.positions.insert(source, offset);
-            } else if Seen::is_entry(key) {
-                seen_records.insert(key.to_vec(), message.payload().map(<[u8]>::to_vec));
-            } else {
+            if !entry(key, message.payload().unwrap_or_default()) {
                 task.restore(store, key, message.payload())?;
                 restored.records += 1;
             }
@@ -291,14 +325,12 @@ pub(crate) fn restore(
         })?;
     }
     for (key, value) in seen_records {
-        if let Some(value) = value {
-            restored.seen.restore(&key, &value);
-        }
+        restored.seen.restore(&key, &value);
     }
     task.commit()?;
-    tracing::info!(task = %id, records = restored.records, skipped, positions = ?restored.positions,
+    tracing::info!(task = %id, records = restored.records, skipped, checkpoint = checkpoint.is_some(),
         elapsed_ms = started.elapsed().as_millis() as u64, "restored stores from changelogs");
-    Ok(restored)
+    Ok(Some(restored))
 }
 
 #[cfg(test)]

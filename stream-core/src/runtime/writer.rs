@@ -7,6 +7,7 @@
 //! offsets. At-least-once: the tasks share one idempotent producer; a commit
 //! flushes it, then the runtime commits the offsets through the consumer.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,9 +15,9 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::{ClientContext, Message, TopicPartitionList};
 
-use super::{RuntimeConfig, RuntimeError};
+use super::{restore, RuntimeConfig, RuntimeError};
 use crate::record::OutputRecord;
 use crate::topology::TaskId;
 
@@ -55,10 +56,14 @@ fn producer_config(config: &RuntimeConfig) -> rdkafka::ClientConfig {
 }
 
 /// Remembers the first failed delivery, so that a commit never counts a
-/// record that was not written (librdkafka reports failures asynchronously).
+/// record that was not written (librdkafka reports failures asynchronously),
+/// and where the last restore marker or commit record went in each partition.
 #[derive(Default)]
 pub(crate) struct Deliveries {
     failure: Mutex<Option<KafkaError>>,
+    /// (topic, partition) → the offset after the last restore marker or
+    /// commit record stored there.
+    boundaries: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl ClientContext for Deliveries {}
@@ -67,9 +72,18 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result {
-            if let Ok(mut failure) = self.failure.lock() {
-                failure.get_or_insert_with(|| error.clone());
+        match result {
+            Ok(message) if message.key().is_some_and(restore::is_boundary) => {
+                if let Ok(mut boundaries) = self.boundaries.lock() {
+                    let next = boundaries.entry((message.topic().to_string(), message.partition())).or_default();
+                    *next = (*next).max(message.offset() + 1);
+                }
+            }
+            Ok(_) => {}
+            Err((error, _)) => {
+                if let Ok(mut failure) = self.failure.lock() {
+                    failure.get_or_insert_with(|| error.clone());
+                }
             }
         }
     }
@@ -180,6 +194,13 @@ impl Writer {
     /// Waits until every record sent so far is stored; fails if one was not.
     pub(crate) fn flush(&self) -> Result<(), RuntimeError> {
         drain(self.inner())
+    }
+
+    /// The offset after the last restore marker or commit record this writer
+    /// stored in `topic`/`partition`.
+    pub(crate) fn boundary(&self, topic: &str, partition: i32) -> Option<i64> {
+        let boundaries = self.inner().context().boundaries.lock().ok()?;
+        boundaries.get(&(topic.to_string(), partition)).copied()
     }
 
     /// Serves delivery reports without blocking.
