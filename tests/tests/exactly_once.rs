@@ -297,11 +297,20 @@ fn when_one_of_two_instances_is_killed_the_other_takes_over_exactly() {
     let dump_text = dump.to_string_lossy().into_owned();
     let first = Worker::start(&broker, &dir.path().join("first"), &[]);
     let second = Worker::start(&broker, &dir.path().join("second"), &[("IDLE_EXIT_MS", "12000"), ("DUMP", &dump_text)]);
-    first.wait_running(Duration::from_secs(60));
-    // Keep records coming until the second instance has processed some of its share.
+    // Keep records coming until both instances have processed some: the one
+    // that joins the group first may well read the first 20 000 alone.
     let (mut from, started) = (20_000, Instant::now());
-    while second.running.try_recv().is_err() {
-        assert!(started.elapsed() < Duration::from_secs(90), "second instance not running:\n{}", second.log());
+    let (mut first_running, mut second_running) = (false, false);
+    while !(first_running && second_running) {
+        first_running |= first.running.try_recv().is_ok();
+        second_running |= second.running.try_recv().is_ok();
+        for (running, worker, name) in [(first_running, &first, "first"), (second_running, &second, "second")] {
+            assert!(
+                running || started.elapsed() < Duration::from_secs(90),
+                "{name} instance not running:\n{}",
+                worker.log()
+            );
+        }
         input.extend(Input::produce(&broker, from, 2_000, Duration::ZERO));
         from += 2_000;
         std::thread::sleep(Duration::from_millis(200));

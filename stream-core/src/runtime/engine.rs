@@ -152,20 +152,29 @@ struct Opener<'a> {
 }
 
 impl Opener<'_> {
-    /// Opens task `id`: fences its earlier owners, then restores its stores
-    /// (from their local checkpoint if there is one that fits, else from
-    /// empty stores).
-    fn open(&self, id: TaskId) -> Result<Running, RuntimeError> {
+    /// The writer of task `id`; creating it fences the task's earlier owners
+    /// (with exactly-once), aborting a transaction one of them left open.
+    fn fence(&self, id: TaskId) -> Result<Writer, RuntimeError> {
         self.metrics.update(|m| {
             m.tasks.insert(id, TaskStatus { restoring: true, ..TaskStatus::default() });
         });
+        Ok(match self.shared {
+            Some(producer) => Writer::Shared(producer.clone()),
+            None => {
+                let app = &self.config.streams.application_id;
+                let subtopology = self.topology.subtopologies.get(id.subtopology as usize);
+                let source = subtopology.and_then(|s| s.sources.first()).map(|t| t.resolve(app));
+                Writer::transactional(self.config, id, &source.unwrap_or_default())?
+            }
+        })
+    }
+
+    /// Opens task `id`, whose earlier owners `writer` fenced: restores its
+    /// stores (from their local checkpoint if there is one that fits, else
+    /// from empty stores).
+    fn open(&self, id: TaskId, mut writer: Writer) -> Result<Running, RuntimeError> {
         let streams = &self.config.streams;
         let mut checkpoint = Checkpoint::take(streams, id).map_err(StreamError::from)?;
-        let mut writer = match self.shared {
-            Some(producer) => Writer::Shared(producer.clone()),
-            None => Writer::transactional(self.config, id)?,
-        };
-        // From here on no earlier owner can write any more.
         let session = restore::session_id(id);
         loop {
             if checkpoint.is_none() {
@@ -212,7 +221,10 @@ impl Engine {
         }
         let shared = match config.guarantee {
             Guarantee::ExactlyOnce => None,
-            Guarantee::AtLeastOnce => Some(writer::shared_producer(&config)?),
+            Guarantee::AtLeastOnce => {
+                let any_source = readers.keys().next().map_or("", |t| &**t);
+                Some(writer::shared_producer(&config, any_source)?)
+            }
         };
         Ok(Engine {
             topology,
@@ -262,7 +274,11 @@ impl Engine {
             shared: &self.shared,
             metrics: &self.metrics,
         };
-        let opened = on_threads(ids, |id| Ok((id, opener.open(id)?)))?;
+        // Every task is fenced before any is restored: a transaction a dead
+        // owner left open on a partition several tasks write to (the error
+        // topic) could otherwise hold back what a restoration can read.
+        let fenced = on_threads(ids, |id| Ok((id, opener.fence(id)?)))?;
+        let opened = on_threads(fenced, |(id, writer)| Ok((id, opener.open(id, writer)?)))?;
         for (id, running) in opened {
             self.restored += running.restored;
             let partition = id.partition as i32;

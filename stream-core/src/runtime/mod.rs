@@ -151,6 +151,23 @@ pub enum RuntimeError {
     /// A thread panicked while holding the runtime's state.
     #[error("the runtime's state was poisoned by a panic")]
     Poisoned,
+    /// Restoration read nothing from a changelog partition for 30 s before
+    /// reaching its own marker: with `read_committed`, an open transaction
+    /// of another producer holds back what can be read.
+    #[error(
+        "restoring `{topic}` partition {partition}: nothing to read for 30 s after offset {offset} (end {end}); \
+         a transaction left open on it may be holding back committed readers"
+    )]
+    RestoreStalled {
+        /// The changelog topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The next offset to read (-1: nothing was read).
+        offset: i64,
+        /// The partition's high watermark.
+        end: i64,
+    },
     /// An internal topic exists with another partition count.
     #[error("topic `{topic}` has {found} partitions, {expected} expected; delete it or fix the source topics")]
     PartitionMismatch {

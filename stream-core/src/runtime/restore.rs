@@ -43,9 +43,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers as _};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::checkpoint::Checkpoint;
@@ -196,16 +194,18 @@ fn replay(
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, start)?;
     consumer.assign(&assignment)?;
-    let mut last_message = Instant::now();
+    let (mut last_message, mut next) = (Instant::now(), None);
     loop {
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
             if last_message.elapsed() > TIMEOUT {
-                return Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut).into());
+                let (_, end) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
+                let (topic, offset) = (topic.to_string(), next.unwrap_or(-1));
+                return Err(RuntimeError::RestoreStalled { topic, partition, offset, end });
             }
             continue;
         };
         let message = message?;
-        last_message = Instant::now();
+        (last_message, next) = (Instant::now(), Some(message.offset() + 1));
         if message.key() == Some(MARKER_KEY) {
             let marker: Option<Marker> = message.payload().and_then(|p| serde_json::from_slice(p).ok());
             if marker.is_some_and(|m| m.token == token) {

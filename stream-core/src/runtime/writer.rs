@@ -118,9 +118,22 @@ fn drain(producer: &TaskProducer) -> Result<(), RuntimeError> {
 /// The producer type of every writer.
 pub(crate) type TaskProducer = BaseProducer<Deliveries>;
 
-/// A shared idempotent producer for [`Guarantee::AtLeastOnce`].
-pub(crate) fn shared_producer(config: &RuntimeConfig) -> Result<Arc<TaskProducer>, KafkaError> {
-    Ok(Arc::new(producer_config(config).create_with_context(Deliveries::default())?))
+/// A producer connected to the broker that leads `topic`'s partition 0.
+/// librdkafka connects to a broker only once it needs it, and a producer that
+/// asks for its producer id (idempotent, or transactional) while its
+/// coordinator is not connected yet tries again only 500 ms later. Querying
+/// the partition's offsets connects to its leader (on the test broker, and
+/// often elsewhere, the coordinator too) first.
+fn connected(client: &rdkafka::ClientConfig, topic: &str) -> Result<TaskProducer, KafkaError> {
+    let producer: TaskProducer = client.create_with_context(Deliveries::default())?;
+    producer.client().fetch_watermarks(topic, 0, TIMEOUT)?;
+    Ok(producer)
+}
+
+/// A shared idempotent producer for [`Guarantee::AtLeastOnce`], connected
+/// through `topic`.
+pub(crate) fn shared_producer(config: &RuntimeConfig, topic: &str) -> Result<Arc<TaskProducer>, KafkaError> {
+    Ok(Arc::new(connected(&producer_config(config), topic)?))
 }
 
 /// One task's way of writing.
@@ -132,11 +145,12 @@ pub(crate) enum Writer {
 }
 
 impl Writer {
-    /// A transactional writer for task `id`, fencing its earlier owners.
-    pub(crate) fn transactional(config: &RuntimeConfig, id: TaskId) -> Result<Writer, KafkaError> {
-        let producer: TaskProducer = producer_config(config)
-            .set("transactional.id", format!("{}-{id}", config.streams.application_id))
-            .create_with_context(Deliveries::default())?;
+    /// A transactional writer for task `id`, fencing its earlier owners;
+    /// connected through `topic`.
+    pub(crate) fn transactional(config: &RuntimeConfig, id: TaskId, topic: &str) -> Result<Writer, KafkaError> {
+        let mut client = producer_config(config);
+        client.set("transactional.id", format!("{}-{id}", config.streams.application_id));
+        let producer = connected(&client, topic)?;
         producer.init_transactions(TIMEOUT)?;
         Ok(Writer::Transactional(producer, false))
     }
