@@ -8,7 +8,14 @@
 //! 3 rounds, measures alternately (the order rotates from round to round):
 //!
 //! - **raw**: a plain rdkafka `BaseConsumer` assigned every partition from the
-//!   beginning, polling until it has read every record: the ceiling;
+//!   beginning, polling until it has read every record: the ceiling. It learns
+//!   the partitions' leaders before it is assigned them and fetches again as
+//!   soon as its queue has room (`fetch.queue.backoff.ms` 10), as the runtime's
+//!   consumers do;
+//! - **raw-defaults**: the same consumer with librdkafka's defaults: assigned
+//!   before it knows the leaders (its first offset query fails and is retried
+//!   500 ms later) and waiting 1 s before fetching again once its queue was
+//!   full, which a fast reader meets;
 //! - **exactly-once**: a fresh application (new application id, so it starts
 //!   from the beginning with empty state) folding the amounts per key with
 //!   `Guarantee::ExactlyOnce` and the default 100 ms commit interval, writing
@@ -29,7 +36,7 @@
 //! group and fences and restores its tasks); `BENCH_RECORDS=1000000` gives
 //! more weight to the steady state.
 //!
-//! Ratios are taken within a round (the three measurements follow each other
+//! Ratios are taken within a round (the four measurements follow each other
 //! on the same broker, so a noisy machine affects them alike); the summary
 //! gives the median over the rounds of each rate and each ratio.
 //!
@@ -43,9 +50,9 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::Broker;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use stream_core::runtime::{Guarantee, Runtime, RuntimeConfig};
 use stream_core::serdes::{Utf8, I64};
 use stream_core::{Consumed, Grouped, Materialized, Produced, StreamsBuilder, StreamsConfig};
@@ -91,17 +98,23 @@ fn produce(broker: &Broker, records: u64) {
 /// What is measured.
 #[derive(Clone, Copy, PartialEq)]
 enum Variant {
-    Raw,
+    /// Raw consumption, tuned or not.
+    Raw(bool),
     Fold(Guarantee),
 }
 
-const VARIANTS: [Variant; 3] =
-    [Variant::Raw, Variant::Fold(Guarantee::ExactlyOnce), Variant::Fold(Guarantee::AtLeastOnce)];
+const VARIANTS: [Variant; 4] = [
+    Variant::Raw(true),
+    Variant::Raw(false),
+    Variant::Fold(Guarantee::ExactlyOnce),
+    Variant::Fold(Guarantee::AtLeastOnce),
+];
 
 impl Variant {
     fn name(self) -> &'static str {
         match self {
-            Variant::Raw => "raw",
+            Variant::Raw(true) => "raw",
+            Variant::Raw(false) => "raw-defaults",
             Variant::Fold(Guarantee::ExactlyOnce) => "exactly-once",
             Variant::Fold(Guarantee::AtLeastOnce) => "at-least-once",
         }
@@ -138,12 +151,23 @@ impl Measure {
     }
 }
 
-/// Reads every record of the input topic with a plain consumer.
-fn raw_consumption(broker: &Broker, records: u64) -> Measure {
+/// Reads every record of the input topic with a plain consumer, `tuned` or
+/// with librdkafka's defaults.
+fn raw_consumption(broker: &Broker, records: u64, tuned: bool) -> Measure {
     let started = Instant::now();
-    // Fetches again as soon as its queue has room (librdkafka waits 1 s by
-    // default once the queue was full; the runtime's consumer is tuned alike).
-    let consumer = broker.reader(INPUT, PARTITIONS, &[("fetch.queue.backoff.ms", "10")]);
+    let consumer = if tuned {
+        // `reader` fetches the topic's metadata before assigning it.
+        broker.reader(INPUT, PARTITIONS, &[("fetch.queue.backoff.ms", "10")])
+    } else {
+        let consumer: BaseConsumer =
+            broker.client_config().set("group.id", "bench-raw-defaults").create().expect("consumer");
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            assignment.add_partition_offset(INPUT, p, Offset::Beginning).expect("partition");
+        }
+        consumer.assign(&assignment).expect("assign");
+        consumer
+    };
     let (mut read, mut bytes, mut first) = (0, 0, None);
     while read < records {
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
@@ -243,7 +267,7 @@ fn main() {
         for k in 0..VARIANTS.len() {
             let variant = VARIANTS[(round + k) % VARIANTS.len()];
             let measure = match variant {
-                Variant::Raw => raw_consumption(&broker, records),
+                Variant::Raw(tuned) => raw_consumption(&broker, records, tuned),
                 Variant::Fold(guarantee) => {
                     let app = format!("bench-{}-{round}", variant.name());
                     runtime_fold(&broker, records, guarantee, app, interval)
@@ -259,7 +283,7 @@ fn main() {
                 ms(m.finish),
                 m.steady_rate(records)
             );
-            if variant != Variant::Raw {
+            if let Variant::Fold(_) = variant {
                 let mean = m.commit_time.checked_div(m.commits as u32).unwrap_or_default();
                 print!(
                     "  commits {:>3} {:>3.0} % {:>5.1} {:>5.1}  out {}",
@@ -274,14 +298,22 @@ fn main() {
             rates[variant.index()].push(m.rate(records));
         }
     }
-    let raw = &rates[Variant::Raw.index()];
-    let ratio = |v: Variant| median(rates[v.index()].iter().zip(raw).map(|(fold, raw)| fold / raw).collect());
+    let rate = |v: Variant| median(rates[v.index()].clone());
+    let ratio = |v: Variant, raw: Variant| {
+        median(rates[v.index()].iter().zip(&rates[raw.index()]).map(|(fold, raw)| fold / raw).collect())
+    };
     let (eos, alos) = (Variant::Fold(Guarantee::ExactlyOnce), Variant::Fold(Guarantee::AtLeastOnce));
-    println!(
-        "median records/s over {rounds} rounds: raw {:.0}  exactly-once {:.0}  at-least-once {:.0}",
-        median(raw.clone()),
-        median(rates[eos.index()].clone()),
-        median(rates[alos.index()].clone())
-    );
-    println!("median ratio (per round) exactly-once / raw {:.2}  at-least-once / raw {:.2}", ratio(eos), ratio(alos));
+    print!("median records/s over {rounds} rounds:");
+    for variant in VARIANTS {
+        print!("  {} {:.0}", variant.name(), rate(variant));
+    }
+    println!();
+    for raw in [Variant::Raw(true), Variant::Raw(false)] {
+        println!(
+            "median ratio (per round) exactly-once / {name} {:.2}  at-least-once / {name} {:.2}",
+            ratio(eos, raw),
+            ratio(alos, raw),
+            name = raw.name()
+        );
+    }
 }
