@@ -8,7 +8,11 @@
 //! records tagged with the commit), then, once all of that is stored, one
 //! commit record per changelog; and the input offsets for the consumer group.
 //! Restoration (see `restore`) relies on the changelogs alone: the group's
-//! offsets only position tasks without stores.
+//! offsets only position tasks without stores. A task closed right after a
+//! successful commit leaves a local checkpoint (see `checkpoint`).
+//!
+//! Opening (fencing, restoring) and committing wait mostly on the cluster, so
+//! the tasks do them side by side, on a few threads (see [`on_threads`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
