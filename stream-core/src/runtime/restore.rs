@@ -253,13 +253,16 @@ pub(crate) fn restore(
     }
     let mut starts = HashMap::new();
     if let Some(checkpoint) = checkpoint {
-        for topic in &changelogs {
-            let offset = checkpoint.changelogs.get(topic).copied().unwrap_or(0);
+        if !checkpoint.fits(&changelogs) {
+            tracing::warn!(task = %id, "local checkpoint written for other changelogs");
+            return Ok(None);
+        }
+        for (topic, &offset) in &checkpoint.changelogs {
             // The marker just written is at or after the checkpoint's offset,
             // unless the changelog was recreated since.
             let (_, end) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
-            if !checkpoint.fits(&changelogs) || end <= offset {
-                tracing::warn!(task = %id, %topic, offset, end, "local checkpoint does not fit the changelogs");
+            if end <= offset {
+                tracing::warn!(task = %id, %topic, offset, end, "local checkpoint beyond the changelog's end");
                 return Ok(None);
             }
             starts.insert(topic.clone(), Offset::Offset(offset));
