@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use stream_core::runtime::{Guarantee, MetricsHandle, Runtime, RuntimeConfig, RuntimeError, StoreReader};
+use stream_core::runtime::{
+    is_retriable, Guarantee, MetricsHandle, Runtime, RuntimeConfig, RuntimeError, StoreReader, Waiting,
+};
 use stream_core::state::StateBackend;
 use stream_core::{StreamsConfig, TaskMetrics, TopologyError};
 
@@ -42,6 +44,8 @@ pub struct AppConfig {
     pub beginning: bool,
     /// Where to serve `/metrics`, `/health` and `/products`.
     pub http: Option<SocketAddr>,
+    /// How long to wait for Kafka at start-up; `None`: as long as it takes.
+    pub startup_timeout: Option<Duration>,
 }
 
 /// Why `run` failed.
@@ -88,19 +92,23 @@ pub struct Running {
 pub fn run(config: AppConfig, stop: Arc<AtomicBool>, started: impl FnOnce(Running)) -> Result<TaskMetrics, AppError> {
     let topics = &config.kafka.topics;
     let app = &config.application_id;
-    config
-        .kafka
-        .ensure_topics(
-            &[
-                (&topics.product, false),
-                (&topics.stock, false),
-                (&topics.event, false),
-                (&topics.error, false),
-                (&topics.catalogue, true),
-            ],
-            config.partitions,
-        )
-        .map_err(AppError::Topics)?;
+    let all = [
+        (topics.product.as_str(), false),
+        (&topics.stock, false),
+        (&topics.event, false),
+        (&topics.error, false),
+        (&topics.catalogue, true),
+    ];
+    let mut waiting = Waiting::new(format!("Kafka at {}", config.kafka.brokers));
+    let since = Instant::now();
+    while let Err(error) = config.kafka.ensure_topics(&all, config.partitions) {
+        let timed_out = config.startup_timeout.is_some_and(|t| since.elapsed() >= t);
+        if !is_retriable(&error) || timed_out || stop.load(Ordering::Relaxed) {
+            return Err(AppError::Topics(error));
+        }
+        std::thread::sleep(waiting.failed(&error));
+    }
+    waiting.succeeded();
 
     let metrics = Arc::new(AppMetrics::default());
     let topology = topology::build(topics, config.policy, metrics.clone())?;
@@ -112,6 +120,7 @@ pub fn run(config: AppConfig, stop: Arc<AtomicBool>, started: impl FnOnce(Runnin
     runtime_config.guarantee = config.guarantee;
     runtime_config.commit_interval = config.commit_interval;
     runtime_config.properties = config.kafka.properties.clone();
+    runtime_config.startup_timeout = config.startup_timeout;
     let mut runtime = Runtime::new(topology, runtime_config)?;
     let running = Running { stores: runtime.store_reader(), metrics: runtime.metrics_handle(), app: metrics.clone() };
 

@@ -91,6 +91,8 @@ pub fn run(brokers: Option<String>, strapi: Option<(String, Token)>) -> Result<(
         strapi: Some((url.clone(), token.clone())),
         beginning: true,
         http: None,
+        // The demo's cluster is in process (or given): it is there or it is not.
+        startup_timeout: Some(Duration::from_secs(60)),
     };
     let topics = &kafka.topics;
     let all_topics = [&topics.product, &topics.stock, &topics.event, &topics.error, &topics.catalogue];

@@ -1,14 +1,10 @@
 //! Kafka settings shared by the loaders, the topology and the Strapi sync,
 //! and the creation of the app's topics.
 
-use std::time::Duration;
-
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use stream_core::runtime::{ensure_topics, TopicSpec};
 
 use crate::topology::Topics;
 
@@ -23,8 +19,6 @@ pub struct KafkaConfig {
     /// Their values are never logged.
     pub properties: Vec<(String, String)>,
 }
-
-const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends `record` and waits until the broker has acknowledged it.
 pub fn deliver(producer: &FutureProducer, record: FutureRecord<'_, str, str>) -> Result<(), KafkaError> {
@@ -56,39 +50,20 @@ impl KafkaConfig {
     }
 
     /// Creates the missing ones among `topics` (name, compacted) with
-    /// `partitions` partitions each; existing topics are left as they are.
+    /// `partitions` partitions each, and waits until every partition of
+    /// each has a leader; existing topics are left as they are.
     pub fn ensure_topics(&self, topics: &[(&str, bool)], partitions: u32) -> Result<(), KafkaError> {
-        let consumer: BaseConsumer = self.client().create()?;
-        let metadata = consumer.fetch_metadata(None, TIMEOUT)?;
-        let exists = |name: &str| metadata.topics().iter().any(|t| t.name() == name && !t.partitions().is_empty());
-        let missing: Vec<NewTopic<'_>> = topics
+        let specs: Vec<TopicSpec> = topics
             .iter()
-            .filter(|(name, _)| !exists(name))
-            .map(|&(name, compact)| {
-                let topic = NewTopic::new(name, partitions as i32, TopicReplication::Fixed(1));
-                if compact {
-                    topic.set("cleanup.policy", "compact")
+            .map(|&(name, compacted)| {
+                let spec = TopicSpec::new(name, partitions);
+                if compacted {
+                    spec.compacted()
                 } else {
-                    topic
+                    spec
                 }
             })
             .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let admin: AdminClient<DefaultClientContext> = self.client().create()?;
-        let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
-        // Admin futures are completed by librdkafka's own thread.
-        for result in futures::executor::block_on(admin.create_topics(&missing, &options))? {
-            match result {
-                Ok(topic) => tracing::info!(%topic, partitions, "created topic"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    tracing::error!(%topic, %code, "cannot create topic");
-                    return Err(KafkaError::AdminOp(code));
-                }
-            }
-        }
-        Ok(())
+        ensure_topics(&self.client(), &specs, None)
     }
 }

@@ -169,6 +169,10 @@ struct RunArgs {
     /// starts go to Strapi too (true), or only later ones (false).
     #[arg(long, env = "BEGINNING", default_value_t = true, action = clap::ArgAction::Set)]
     beginning: bool,
+    /// Seconds to wait for Kafka at start-up before giving up; unset: wait
+    /// as long as it takes (logging what it waits for).
+    #[arg(long, env = "STARTUP_TIMEOUT_S")]
+    startup_timeout_s: Option<u64>,
 }
 
 fn produce(kind: Kind, file: PathBuf, kafka: KafkaArgs) -> Result<bool, Error> {
@@ -205,6 +209,7 @@ fn run(args: RunArgs) -> Result<bool, Error> {
         strapi: args.strapi.config()?,
         beginning: args.beginning,
         http: Some(args.http_addr),
+        startup_timeout: args.startup_timeout_s.map(Duration::from_secs),
     };
     tracing::info!(brokers = %config.kafka.brokers, application = %config.application_id, "starting; stop with SIGINT or SIGTERM");
     let totals = app::run(config, stop, |_| tracing::info!("running"))?;

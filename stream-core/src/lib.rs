@@ -15,7 +15,7 @@
 //! | [`serdes`] | JSON, bincode, UTF-8, bytes, `i64`, or your own [`serdes::Serde`] |
 //! | [`StreamsConfig`] | application id, [`ErrorPolicy`] for undecodable and failing records (fail, skip, dead letter), state backend |
 //! | [`TestDriver`] | runs a topology with one task per partition, deterministically, without a broker |
-//! | [`runtime::Runtime`] | runs it on a Kafka cluster (first version: at-least-once) |
+//! | [`runtime::Runtime`] | runs it on a Kafka cluster, exactly-once (Kafka transactions) or at-least-once, waiting out broker outages |
 //!
 //! # Example: a keyed fold
 //!

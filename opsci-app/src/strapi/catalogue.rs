@@ -28,10 +28,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
+use stream_core::runtime::Waiting;
 
 use super::client::{StrapiClient, StrapiError};
 use super::entries::Entries;
-use super::support::{is_refusal, source_of, Backoff, ErrorSink, Tracked};
+use super::support::{is_refusal, source_of, ErrorSink, Tracked};
 use super::SyncError;
 use crate::metrics::AppMetrics;
 use crate::model::ProductState;
@@ -68,7 +69,7 @@ impl CatalogueSync {
 
     /// Runs until `stop` is set, reading the catalogue topic with `consumer`.
     pub fn run(mut self, consumer: BaseConsumer<Tracked>, stop: &AtomicBool) -> Result<(), SyncError> {
-        let mut backoff = Backoff::default();
+        let mut waiting = Waiting::new(format!("Strapi at {}", self.strapi.base()));
         let mut retry_at = Instant::now();
         let mut unstored = false;
         while !stop.load(Ordering::Relaxed) {
@@ -88,11 +89,12 @@ impl CatalogueSync {
             }
             if !self.pending.is_empty() && Instant::now() >= retry_at {
                 match self.write_pending() {
-                    Ok(()) => backoff.reset(),
+                    Ok(()) => {
+                        waiting.succeeded();
+                    }
                     Err(error) => {
-                        let delay = backoff.next();
-                        retry_at = Instant::now() + delay;
-                        tracing::warn!(%error, backlog = self.pending.len(), retry_in = ?delay, "Strapi sync: will retry");
+                        retry_at = Instant::now() + waiting.failed(&error);
+                        tracing::debug!(%error, backlog = self.pending.len(), "Strapi catalogue sync: will retry");
                     }
                 }
             }

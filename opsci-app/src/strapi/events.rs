@@ -29,10 +29,10 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use stream_core::runtime::provenance;
+use stream_core::runtime::{provenance, Waiting};
 
 use super::client::{StrapiClient, StrapiError, MAX_PAGE_SIZE};
-use super::support::{is_refusal, sleep_unless, Backoff, ErrorSink, Tracked};
+use super::support::{is_refusal, sleep_unless, ErrorSink, Tracked};
 use super::SyncError;
 use crate::metrics::AppMetrics;
 use crate::model::Event;
@@ -200,14 +200,15 @@ impl EventSync {
         stop: &AtomicBool,
         mut attempt: impl FnMut(&mut Self) -> Result<(), StrapiError>,
     ) -> Result<bool, SyncError> {
-        let mut backoff = Backoff::default();
+        let mut waiting = Waiting::new(format!("Strapi at {}", self.strapi.base()));
         loop {
             match attempt(self) {
-                Ok(()) => return Ok(true),
+                Ok(()) => {
+                    waiting.succeeded();
+                    return Ok(true);
+                }
                 Err(error) => {
-                    let delay = backoff.next();
-                    tracing::warn!(%error, retry_in = ?delay, "Strapi event sync: will retry");
-                    if sleep_unless(stop, delay) {
+                    if sleep_unless(stop, waiting.failed(&error)) {
                         return Ok(false);
                     }
                 }

@@ -20,12 +20,13 @@ pub mod events;
 pub mod local;
 mod support;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
+use stream_core::runtime::{is_retriable, Waiting};
 
 pub use catalogue::CatalogueSync;
 pub use client::{StrapiClient, StrapiError, Token};
@@ -65,44 +66,74 @@ pub struct SyncConfig {
 }
 
 /// Starts both syncs on threads of their own; they run until `stop` is set.
-/// A sync that fails sets `stop` too, so that the whole app stops (and is
-/// restarted by whatever supervises it) rather than run half-synced.
+///
+/// Kafka errors that waiting can cure (see [`stream_core::runtime::is_retriable`])
+/// restart the sync concerned after a backoff, with new clients: each sync
+/// resumes from what its consumer group committed, which is only ever what
+/// Strapi already has. Any other failure sets `stop`, so that the whole app
+/// stops (and is restarted by whatever supervises it) rather than run half-synced.
 pub fn start(
     kafka: &KafkaConfig,
     config: &SyncConfig,
     metrics: Arc<AppMetrics>,
     stop: Arc<AtomicBool>,
 ) -> Result<Vec<JoinHandle<Result<(), SyncError>>>, SyncError> {
-    let app = &config.application_id;
+    let app = config.application_id.clone();
     let strapi = StrapiClient::new(&config.url, config.token.clone(), metrics.clone());
-    let catalogue_consumer =
-        support::group_consumer(kafka, &format!("{app}-strapi-catalogue"), &kafka.topics.catalogue, true)?;
-    let catalogue = CatalogueSync::new(
-        strapi.clone(),
-        entries::Entries::open(kafka, &format!("{app}-strapi-entries"))?,
-        support::ErrorSink::new(kafka, metrics.clone())?,
-        config.interval,
-        metrics.clone(),
-    );
-    let events_consumer =
-        support::group_consumer(kafka, &format!("{app}-strapi-events"), &kafka.topics.event, config.beginning)?;
-    let events =
-        EventSync::new(strapi, support::ErrorSink::new(kafka, metrics.clone())?, kafka.topics.event.clone(), metrics);
-    let (stop_catalogue, stop_events) = (stop.clone(), stop.clone());
-    let spawn = |name: &str, run: Box<dyn FnOnce() -> Result<(), SyncError> + Send>| {
-        let stop = stop.clone();
-        let run = move || {
-            let result = run();
-            if let Err(error) = &result {
-                tracing::error!(%error, "Strapi sync failed; stopping");
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            result
-        };
-        std::thread::Builder::new().name(name.to_string()).spawn(run).map_err(SyncError::Thread)
+    let catalogue = {
+        let (kafka, strapi, metrics, interval) = (kafka.clone(), strapi.clone(), metrics.clone(), config.interval);
+        let app = app.clone();
+        move |stop: &AtomicBool| -> Result<(), SyncError> {
+            let consumer =
+                support::group_consumer(&kafka, &format!("{app}-strapi-catalogue"), &kafka.topics.catalogue, true)?;
+            let entries = entries::Entries::open(&kafka, &format!("{app}-strapi-entries"))?;
+            let errors = support::ErrorSink::new(&kafka, metrics.clone())?;
+            CatalogueSync::new(strapi.clone(), entries, errors, interval, metrics.clone()).run(consumer, stop)
+        }
+    };
+    let events = {
+        let (kafka, metrics, beginning) = (kafka.clone(), metrics.clone(), config.beginning);
+        move |stop: &AtomicBool| -> Result<(), SyncError> {
+            let consumer =
+                support::group_consumer(&kafka, &format!("{app}-strapi-events"), &kafka.topics.event, beginning)?;
+            let errors = support::ErrorSink::new(&kafka, metrics.clone())?;
+            EventSync::new(strapi.clone(), errors, kafka.topics.event.clone(), metrics.clone()).run(consumer, stop)
+        }
     };
     Ok(vec![
-        spawn("strapi-catalogue", Box::new(move || catalogue.run(catalogue_consumer, &stop_catalogue)))?,
-        spawn("strapi-events", Box::new(move || events.run(events_consumer, &stop_events)))?,
+        spawn("strapi-catalogue", &kafka.brokers, stop.clone(), catalogue)?,
+        spawn("strapi-events", &kafka.brokers, stop, events)?,
     ])
+}
+
+/// Runs `sync` on a thread named `name` until it ends, again after each
+/// retriable Kafka error.
+fn spawn(
+    name: &str,
+    brokers: &str,
+    stop: Arc<AtomicBool>,
+    sync: impl Fn(&AtomicBool) -> Result<(), SyncError> + Send + 'static,
+) -> Result<JoinHandle<Result<(), SyncError>>, SyncError> {
+    let mut waiting = Waiting::new(format!("Kafka at {brokers} ({name})"));
+    let run = move || loop {
+        let started = Instant::now();
+        match sync(&stop) {
+            Err(SyncError::Kafka(error)) if is_retriable(&error) => {
+                // A sync that ran a while before failing starts a new episode.
+                if started.elapsed() > Duration::from_secs(10) {
+                    waiting.succeeded();
+                }
+                if support::sleep_unless(&stop, waiting.failed(&error)) {
+                    return Ok(());
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "Strapi sync failed; stopping");
+                stop.store(true, Ordering::Relaxed);
+                return Err(error);
+            }
+            Ok(()) => return Ok(()),
+        }
+    };
+    std::thread::Builder::new().name(name.to_string()).spawn(run).map_err(SyncError::Thread)
 }

@@ -1,5 +1,5 @@
 //! What the two syncs share: a consumer-group client that reports partition
-//! changes, the sink of the records Strapi refuses, and retry backoff.
+//! changes, the sink of the records Strapi refuses, and sleeping until stopped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -109,35 +109,6 @@ impl ErrorSink {
     }
 }
 
-/// Exponential backoff between retries: 100 ms doubling up to 5 s.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { next: Backoff::FIRST }
-    }
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    /// The delay before the next retry; the one after is twice as long.
-    pub fn next(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Backoff::MAX);
-        delay
-    }
-
-    /// Back to the shortest delay, after a success.
-    pub fn reset(&mut self) {
-        self.next = Backoff::FIRST;
-    }
-}
-
 /// Sleeps `delay`, waking early when `stop` is set; returns whether it was.
 pub fn sleep_unless(stop: &AtomicBool, delay: Duration) -> bool {
     let until = Instant::now() + delay;
@@ -153,15 +124,6 @@ pub fn sleep_unless(stop: &AtomicBool, delay: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_limit_and_resets() {
-        let mut backoff = Backoff::default();
-        let delays: Vec<u64> = (0..8).map(|_| backoff.next().as_millis() as u64).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        backoff.reset();
-        assert_eq!(backoff.next(), Duration::from_millis(100));
-    }
 
     #[test]
     fn only_client_errors_are_refusals() {

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -27,7 +27,8 @@ use super::checkpoint::Checkpoint;
 use super::dedupe::Seen;
 use super::metrics::{MetricsHandle, TaskStatus};
 use super::restore;
-use super::writer::{self, Guarantee, Writer};
+use super::retry::Waiting;
+use super::writer::{self, Writer};
 use super::{now_millis, provenance, RuntimeConfig, RuntimeError};
 use crate::error::StreamError;
 use crate::metrics::TaskMetrics;
@@ -69,6 +70,16 @@ fn on_threads<T: Send, R: Send>(
     })
 }
 
+/// `error`, as [`RuntimeError::Fenced`] if it says that task `id` was fenced.
+fn fenced(error: RuntimeError, application_id: &str, id: TaskId) -> RuntimeError {
+    match error {
+        RuntimeError::Kafka(source) if RuntimeError::Kafka(source.clone()).is_fencing() => {
+            RuntimeError::Fenced { application_id: application_id.to_string(), task: id.to_string(), source }
+        }
+        other => other,
+    }
+}
+
 /// A task and what the runtime keeps beside it.
 struct Running {
     task: Task,
@@ -85,10 +96,23 @@ struct Running {
     restored: u64,
 }
 
+/// The assigned partitions whose tasks wait to be opened, because opening
+/// them failed (the cluster did not answer) or their commit did (rewound).
+struct Pending {
+    since: Instant,
+    next_try: Instant,
+    waiting: Waiting,
+    /// Whether they were reported stuck (waiting longer than the task timeout).
+    reported: bool,
+}
+
 pub(super) struct Engine {
     topology: Topology,
+    /// The partitions the group assigned to this instance.
+    assignment: Vec<(String, i32)>,
+    pending: Option<Pending>,
     pub(super) config: RuntimeConfig,
-    /// The producer tasks share under [`Guarantee::AtLeastOnce`].
+    /// The producer tasks share under [`super::Guarantee::AtLeastOnce`].
     shared: Option<Arc<writer::TaskProducer>>,
     partitions: Arc<BTreeMap<String, u32>>,
     /// Source topic → who reads it.
@@ -212,7 +236,9 @@ impl Engine {
         topology: Topology,
         config: RuntimeConfig,
         partitions: BTreeMap<String, u32>,
-    ) -> Result<Engine, RuntimeError> {
+        shared: Option<Arc<writer::TaskProducer>>,
+        metrics: MetricsHandle,
+    ) -> Engine {
         let app = config.streams.application_id.clone();
         let repartition: HashSet<String> = topology.repartition_topics(&app).into_iter().collect();
         let mut readers = HashMap::new();
@@ -223,15 +249,10 @@ impl Engine {
                 readers.insert(Arc::from(topic), reader);
             }
         }
-        let shared = match config.guarantee {
-            Guarantee::ExactlyOnce => None,
-            Guarantee::AtLeastOnce => {
-                let any_source = readers.keys().next().map_or("", |t| &**t);
-                Some(writer::shared_producer(&config, any_source)?)
-            }
-        };
-        Ok(Engine {
+        Engine {
             topology,
+            assignment: Vec::new(),
+            pending: None,
             config,
             shared,
             partitions: Arc::new(partitions),
@@ -242,8 +263,8 @@ impl Engine {
             closed: TaskMetrics::default(),
             duplicates: 0,
             restored: 0,
-            metrics: MetricsHandle::default(),
-        })
+            metrics,
+        }
     }
 
     /// The topics the consumer subscribes to.
@@ -251,11 +272,131 @@ impl Engine {
         self.readers.keys().map(|t| t.to_string()).collect()
     }
 
+    /// Takes the partitions the group just assigned and opens their tasks
+    /// (see [`Engine::open_pending`]).
+    pub(super) fn assigned<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        partitions: &TopicPartitionList,
+    ) -> Result<(), RuntimeError> {
+        self.assignment = partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let now = Instant::now();
+        let waiting = Waiting::new(format!("Kafka at {} to open tasks", self.config.bootstrap_servers));
+        self.pending = Some(Pending { since: now, next_try: now, waiting, reported: false });
+        self.open_pending(consumer)
+    }
+
+    /// Commits and closes the tasks of the revoked `partitions` (with the
+    /// eager protocol, all of them). A commit that fails for a retriable
+    /// reason leaves them closed without a checkpoint: their next owner
+    /// restores their last complete commit.
+    pub(super) fn revoked<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        partitions: &TopicPartitionList,
+    ) -> Result<(), RuntimeError> {
+        let result = self.commit(consumer);
+        self.close_partitions(partitions, result.is_ok());
+        self.assignment.clear();
+        self.pending = None;
+        consumer.unassign()?;
+        match result {
+            Err(error) if error.is_retriable() => {
+                tracing::warn!(%error, "commit before the revocation failed; the tasks' next owners resume from their last commit");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Opens the tasks of the assigned partitions, if some wait to be opened
+    /// and their backoff is over, and assigns the partitions to `consumer`
+    /// at the positions restored. While the cluster does not answer, the
+    /// consumer reads nothing, and opening is tried again later.
+    pub(super) fn open_pending<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+        let Some(pending) = &self.pending else { return Ok(()) };
+        if Instant::now() < pending.next_try {
+            return Ok(());
+        }
+        let mut partitions = TopicPartitionList::new();
+        for (topic, partition) in &self.assignment {
+            partitions.add_partition(topic, *partition);
+        }
+        let result = self.open_tasks(consumer, &mut partitions).and_then(|()| Ok(consumer.assign(&partitions)?));
+        let Some(pending) = &mut self.pending else { return Ok(()) };
+        match result {
+            Ok(()) => {
+                pending.waiting.succeeded();
+                self.pending = None;
+                self.publish_metrics(None);
+                Ok(())
+            }
+            Err(error) if error.is_retriable() => {
+                consumer.assign(&TopicPartitionList::new())?;
+                pending.next_try = Instant::now() + pending.waiting.failed(&error);
+                if !pending.reported && pending.since.elapsed() > self.config.task_timeout {
+                    pending.reported = true;
+                    tracing::error!(%error, waited_s = pending.since.elapsed().as_secs(),
+                        "tasks stuck for longer than the task timeout; still waiting for Kafka");
+                }
+                let stuck = pending.reported;
+                self.metrics.update(|m| {
+                    m.kafka_retries += 1;
+                    m.stuck = stuck;
+                });
+                self.publish_metrics(None);
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Handles an error met while processing or committing: a retriable one
+    /// rewinds every task to its last commit (its open transaction is
+    /// abandoned, and it is reopened, as after a crash, once the cluster
+    /// answers); any other is returned.
+    pub(super) fn rewind<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        error: RuntimeError,
+    ) -> Result<(), RuntimeError> {
+        if !error.is_retriable() {
+            return Err(error);
+        }
+        tracing::warn!(%error, tasks = self.tasks.len(), "tasks rewound to their last commit");
+        self.close_dirty();
+        consumer.assign(&TopicPartitionList::new())?;
+        let now = Instant::now();
+        let mut waiting = Waiting::new(format!("Kafka at {} to reopen tasks", self.config.bootstrap_servers));
+        let delay = waiting.failed(&error);
+        self.pending = Some(Pending { since: now, next_try: now + delay, waiting, reported: false });
+        self.metrics.update(|m| m.rewinds += 1);
+        self.publish_metrics(None);
+        Ok(())
+    }
+
+    /// Commits and closes every task, at the end of a run. A commit that
+    /// fails for a retriable reason leaves them closed without checkpoints.
+    pub(super) fn shut_down<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), RuntimeError> {
+        match self.commit(consumer) {
+            Ok(()) => self.close_all(),
+            Err(error) if error.is_retriable() => {
+                tracing::warn!(%error, "last commit failed; the tasks' next owners resume from their last commit");
+                self.close_dirty();
+            }
+            Err(error) => {
+                self.close_dirty();
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
     /// Opens the tasks of the `assigned` partitions: fences their earlier
     /// owners, restores their stores to their last complete commit, and sets
     /// `assigned`'s offsets to that commit's positions (the group's committed
     /// offsets for tasks without stores).
-    pub(super) fn open_tasks<C: ConsumerContext>(
+    fn open_tasks<C: ConsumerContext>(
         &mut self,
         consumer: &impl Consumer<C>,
         assigned: &mut TopicPartitionList,
@@ -329,9 +470,11 @@ impl Engine {
         let meta =
             RecordMetadata { topic: topic.clone(), partition: message.partition() as u32, offset: message.offset() };
         let id = TaskId { subtopology: reader.subtopology, partition: meta.partition };
-        let running = self.tasks.get_mut(&id).ok_or_else(|| {
-            StreamError::processing(format!("no task for {} partition {}", meta.topic, meta.partition))
-        })?;
+        // A record fetched before its task was rewound: it is read again
+        // once the task is open.
+        let Some(running) = self.tasks.get_mut(&id) else {
+            return Ok(());
+        };
         running.positions.insert((meta.topic.clone(), meta.partition as i32), meta.offset + 1);
         let raw = raw_record(message);
         if reader.repartition && running.seen.is_duplicate(&raw.headers) {
@@ -387,7 +530,10 @@ impl Engine {
             .group_metadata()
             .ok_or_else(|| KafkaError::Subscription("the consumer has no group metadata".into()))?;
         let tasks: Vec<(TaskId, &mut Running)> = self.tasks.iter_mut().map(|(id, r)| (*id, r)).collect();
-        let committed = on_threads(tasks, |(id, running)| Self::commit_task(id, running, &group))?;
+        let app = &self.config.streams.application_id;
+        let committed = on_threads(tasks, |(id, running)| {
+            Self::commit_task(id, running, &group).map_err(|error| fenced(error, app, id))
+        })?;
         let committed: Vec<TopicPartitionList> = committed.into_iter().flatten().collect();
         if self.shared.is_some() {
             let mut offsets = TopicPartitionList::new();
@@ -477,11 +623,18 @@ impl Engine {
     }
 
     /// Closes every task after a successful commit, with local checkpoints.
-    pub(super) fn close_all(&mut self) {
+    fn close_all(&mut self) {
         for (id, running) in std::mem::take(&mut self.tasks) {
             self.close(id, running, true);
         }
         self.publish_metrics(None);
+    }
+
+    /// Closes every task without a checkpoint, abandoning its open transaction.
+    fn close_dirty(&mut self) {
+        for (id, running) in std::mem::take(&mut self.tasks) {
+            self.close(id, running, false);
+        }
     }
 
     /// Closes a task; if it was `committed` just before, its stores hold
@@ -512,7 +665,7 @@ impl Engine {
     /// Refreshes the shared metrics; `commit` is the latency of a commit just made.
     fn publish_metrics(&self, commit: Option<Duration>) {
         let mut totals = self.closed;
-        let tasks: BTreeMap<TaskId, TaskStatus> = self
+        let mut tasks: BTreeMap<TaskId, TaskStatus> = self
             .tasks
             .iter()
             .map(|(id, r)| {
@@ -520,11 +673,23 @@ impl Engine {
                 (*id, TaskStatus { metrics: *r.task.metrics(), restoring: false, restored_records: r.restored })
             })
             .collect();
+        // Tasks waiting to be opened count as restoring.
+        if self.pending.is_some() {
+            for (topic, partition) in &self.assignment {
+                if let Some(reader) = self.readers.get(topic.as_str()) {
+                    let id = TaskId { subtopology: reader.subtopology, partition: *partition as u32 };
+                    tasks.entry(id).or_insert(TaskStatus { restoring: true, ..TaskStatus::default() });
+                }
+            }
+        }
+        let waiting = self.pending.is_some();
         self.metrics.update(|m| {
             m.totals = totals;
-            // Tasks being opened (restoring) stay listed.
-            m.tasks.retain(|id, t| t.restoring && !tasks.contains_key(id));
-            m.tasks.extend(tasks);
+            m.tasks = tasks;
+            m.waiting = waiting;
+            if !waiting {
+                m.stuck = false;
+            }
             m.duplicates_skipped = self.duplicates;
             m.restored_records = self.restored;
             if let Some(latency) = commit {

@@ -28,9 +28,19 @@ pub struct RuntimeMetrics {
     /// Store records applied from changelogs, over all restorations.
     pub restored_records: u64,
     /// Consumer lag per source partition (topic, partition), as last
-    /// reported by the consumer (about once a second): the partition's high
-    /// watermark minus the position.
+    /// reported by the consumer (about once a second): the partition's last
+    /// stable offset (what `read_committed` can read) minus the position.
     pub lag: BTreeMap<(String, u32), i64>,
+    /// Whether assigned tasks wait for the cluster to be opened (after a
+    /// failure to open them, or a rewind); they count as restoring.
+    pub waiting: bool,
+    /// Whether they have waited longer than [`super::RuntimeConfig::task_timeout`].
+    pub stuck: bool,
+    /// Attempts that failed for a retriable reason and were retried (start-up, opening tasks).
+    pub kafka_retries: u64,
+    /// Times the tasks were rewound to their last commit after a failed commit
+    /// or send.
+    pub rewinds: u64,
 }
 
 /// State of one assigned task.

@@ -5,32 +5,32 @@
 //! the runtime opens their tasks (one per sub-topology and partition) inside
 //! the rebalance callback, before any record is read: it fences the task's
 //! earlier owners (its transactional producer), restores its stores from
-//! their changelogs to the task's last commit that is wholly in them (see
-//! `restore`), and starts reading from that commit's input positions, which
-//! the changelog holds too. When partitions are revoked, their tasks are
-//! committed and closed first; a task closed right after a successful commit
-//! leaves a local checkpoint, so that reopening it on this instance reads
-//! only what was written to its changelogs since (see `checkpoint`).
+//! their changelogs to the task's last complete commit (see `restore`), and
+//! starts reading from that commit's input positions. When partitions are
+//! revoked, their tasks are committed and closed first; a task closed right
+//! after a successful commit leaves a local checkpoint (see `checkpoint`).
+//! Every `commit_interval` each active task commits (the protocol: `engine`).
 //!
-//! Every `commit_interval` each active task commits: with
-//! [`Guarantee::ExactlyOnce`] one Kafka transaction holds its outputs, its
-//! store changes, input positions and de-duplication entries (changelog
-//! records tagged with the commit), then, once all of those are stored, a
-//! commit record in each changelog, and the input offsets for the consumer
-//! group; then the store writes are made durable locally. Any error stops
-//! the runtime with the open transactions abandoned; the next owner of each
-//! task resumes from its last complete commit. A fenced instance (a zombie)
-//! fails its next commit and stops without having written anything that
-//! counts.
+//! **Faults.** Every error is classified once (see `error`): the runtime
+//! waits out what can be waited out — no broker yet, a broker restarting, a
+//! topic's metadata propagating, a request timing out — and stops only on
+//! what cannot (fenced by a newer instance, not authorized, refused
+//! configuration, a processing error under [`crate::ErrorPolicy::Fail`]).
+//! [`Runtime::new`] waits for the cluster (up to
+//! [`RuntimeConfig::startup_timeout`]); a task that cannot be opened is
+//! retried with backoff; a task whose commit fails is *rewound*: its open
+//! transaction is abandoned and it is reopened from its last commit, as it
+//! would be after a crash. Waits are logged once per episode (see `retry`)
+//! and counted in [`RuntimeMetrics`]; while tasks wait, they count as
+//! restoring, so [`RuntimeMetrics::is_running`] is false.
 //!
 //! Recovery relies neither on the broker hiding the records of aborted
-//! transactions nor on the group's committed offsets (the test broker shows
-//! aborted records, and may commit a transaction's offsets after its producer
-//! was fenced, or never): a task with stores is restored from its changelogs
-//! alone, a commit's records being applied only if its commit records are
-//! there; records read from repartition topics are de-duplicated by
-//! provenance (see `dedupe`). The group's offsets only position tasks without
-//! stores, which at worst process some records again.
+//! transactions nor on the group's committed offsets (the test broker nisshi
+//! shows aborted records and commits some transactions' offsets late): a
+//! task with stores is restored from its changelogs alone, a commit's records
+//! being applied only if its commit records are there; records read from
+//! repartition topics are de-duplicated by provenance (see `dedupe`). The
+//! group's offsets only position tasks without stores.
 //!
 //! ```no_run
 //! use stream_core::runtime::{Runtime, RuntimeConfig};
@@ -53,31 +53,34 @@
 //! # }
 //! ```
 
-mod admin;
+pub mod admin;
 mod checkpoint;
+mod config;
 mod dedupe;
 mod engine;
+mod error;
 mod metrics;
 mod query;
+mod rebalance;
 mod restore;
+mod retry;
 mod writer;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
-use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::config::StreamsConfig;
-use crate::error::{StreamError, TopologyError};
 use crate::topology::Topology;
+pub use admin::{ensure_topics, TopicSpec};
+pub use config::RuntimeConfig;
 use engine::Engine;
+pub use error::{is_retriable, RuntimeError};
 pub use metrics::{MetricsHandle, RuntimeMetrics, TaskStatus};
 pub use query::StoreReader;
+use rebalance::Rebalancing;
+pub use retry::{Backoff, Waiting};
 pub use writer::{producer_settings, Guarantee};
 
 /// Most records a step processes before it checks whether to commit.
@@ -98,177 +101,76 @@ pub mod provenance {
     pub const RANK: &str = "stream.source.rank";
 }
 
-/// Settings of the Kafka runtime.
-#[derive(Debug, Clone)]
-pub struct RuntimeConfig {
-    /// Application id, error policies, state backend (the state directory).
-    pub streams: StreamsConfig,
-    /// Exactly-once (the default) or at-least-once.
-    pub guarantee: Guarantee,
-    /// `bootstrap.servers`.
-    pub bootstrap_servers: String,
-    /// How often outputs, changelogs and offsets are committed (default 100 ms).
-    pub commit_interval: Duration,
-    /// librdkafka properties passed to every client (security.protocol,
-    /// sasl.*, ssl.*, ...). Their values are never logged.
-    pub properties: Vec<(String, String)>,
-}
-
-impl RuntimeConfig {
-    /// Defaults for `streams` on the cluster at `bootstrap_servers`.
-    pub fn new(streams: StreamsConfig, bootstrap_servers: impl Into<String>) -> Self {
-        RuntimeConfig {
-            streams,
-            guarantee: Guarantee::ExactlyOnce,
-            bootstrap_servers: bootstrap_servers.into(),
-            commit_interval: Duration::from_millis(100),
-            properties: Vec::new(),
-        }
-    }
-
-    pub(crate) fn client(&self) -> ClientConfig {
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", &self.bootstrap_servers);
-        for (key, value) in &self.properties {
-            client.set(key, value);
-        }
-        client
-    }
-}
-
-/// Why the runtime stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    /// A Kafka client failed.
-    #[error("kafka: {0}")]
-    Kafka(#[from] KafkaError),
-    /// Processing failed (error policy `Fail`, or a store failure).
-    #[error(transparent)]
-    Stream(#[from] StreamError),
-    /// The topology does not fit the cluster.
-    #[error(transparent)]
-    Topology(#[from] TopologyError),
-    /// A thread panicked while holding the runtime's state.
-    #[error("the runtime's state was poisoned by a panic")]
-    Poisoned,
-    /// Restoration read nothing from a changelog partition for 30 s before
-    /// reaching its own marker: with `read_committed`, an open transaction
-    /// of another producer holds back what can be read.
-    #[error(
-        "restoring `{topic}` partition {partition}: nothing to read for 30 s after offset {offset} (end {end}); \
-         a transaction left open on it may be holding back committed readers"
-    )]
-    RestoreStalled {
-        /// The changelog topic.
-        topic: String,
-        /// The partition.
-        partition: i32,
-        /// The next offset to read (-1: nothing was read).
-        offset: i64,
-        /// The partition's high watermark.
-        end: i64,
-    },
-    /// An internal topic exists with another partition count.
-    #[error("topic `{topic}` has {found} partitions, {expected} expected; delete it or fix the source topics")]
-    PartitionMismatch {
-        /// The topic.
-        topic: String,
-        /// What the topology needs.
-        expected: u32,
-        /// What the cluster has.
-        found: u32,
-    },
-}
-
 /// A topology running on Kafka; see the [module docs](self).
 pub struct Runtime {
     /// Its context owns the tasks (see [`Rebalancing`]).
     consumer: BaseConsumer<Rebalancing>,
 }
 
-/// Opens and closes tasks inside librdkafka's rebalance callback (which runs
-/// during `poll`, on the runtime's thread), and collects consumer lag.
-struct Rebalancing {
-    engine: Arc<Mutex<Engine>>,
-    metrics: MetricsHandle,
-    /// An error met in a callback, returned by the next `step`.
-    failure: Mutex<Option<RuntimeError>>,
-}
-
-impl ClientContext for Rebalancing {
-    fn stats(&self, statistics: Statistics) {
-        let lag = statistics.topics.iter().flat_map(|(topic, t)| {
-            // The end (last stable offset with read_committed, else the high
-            // watermark) minus the position: librdkafka's own `consumer_lag`
-            // counts from the group's committed offset, which it does not
-            // know when offsets are committed through transactions.
-            t.partitions.iter().filter(|(p, s)| **p >= 0 && s.app_offset >= 0).filter_map(move |(p, s)| {
-                let end = if s.ls_offset >= 0 { s.ls_offset } else { s.hi_offset };
-                (end >= 0).then(|| ((topic.clone(), *p as u32), (end - s.app_offset).max(0)))
-            })
-        });
-        let lag = lag.collect();
-        self.metrics.update(|m| m.lag = lag);
-    }
-}
-
-impl Rebalancing {
-    fn engine(&self) -> Result<MutexGuard<'_, Engine>, RuntimeError> {
-        self.engine.lock().map_err(|_| RuntimeError::Poisoned)
-    }
-
-    fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList) -> Result<(), RuntimeError> {
-        self.engine()?.open_tasks(consumer, partitions)?;
-        consumer.assign(partitions)?;
-        Ok(())
-    }
-
-    fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) -> Result<(), RuntimeError> {
-        let mut engine = self.engine()?;
-        let result = engine.commit(consumer);
-        engine.close_partitions(partitions, result.is_ok());
-        consumer.unassign()?;
-        result
-    }
-}
-
-impl ConsumerContext for Rebalancing {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, event: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
-        let result = match event {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, partitions),
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, partitions),
-            other => Err(KafkaError::Rebalance(other.into()).into()),
-        };
-        if let Err(error) = result {
-            tracing::error!(%error, "rebalance failed");
-            if let Ok(mut failure) = self.failure.lock() {
-                failure.get_or_insert(error);
-            }
-        }
-    }
-}
 pub(crate) fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Calls `attempt` until it succeeds, waiting out retriable errors (see
+/// `error`) with backoff for up to `timeout` (`None`: as long as it takes).
+fn wait_for<T>(
+    config: &RuntimeConfig,
+    metrics: &MetricsHandle,
+    mut attempt: impl FnMut() -> Result<T, RuntimeError>,
+) -> Result<T, RuntimeError> {
+    let mut waiting = Waiting::new(format!("Kafka at {}", config.bootstrap_servers));
+    let started = Instant::now();
+    loop {
+        match attempt() {
+            Ok(value) => {
+                waiting.succeeded();
+                return Ok(value);
+            }
+            Err(error) if error.is_retriable() => {
+                if let Some(timeout) = config.startup_timeout.filter(|t| started.elapsed() >= *t) {
+                    return Err(RuntimeError::StartupTimeout {
+                        bootstrap: config.bootstrap_servers.clone(),
+                        seconds: timeout.as_secs(),
+                        last: Box::new(error),
+                    });
+                }
+                metrics.update(|m| m.kafka_retries += 1);
+                std::thread::sleep(waiting.failed(&error));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 impl Runtime {
     /// Checks the topology against the cluster, creates the missing internal
-    /// topics and joins the consumer group.
+    /// topics and joins the consumer group. Waits for the cluster while it
+    /// does not answer, up to [`RuntimeConfig::startup_timeout`].
     pub fn new(topology: Topology, config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
-        let metadata: BaseConsumer = config.client().create()?;
-        let plan = admin::prepare_topics(&config, &topology, &metadata)?;
-        let mut partitions = plan.topics.clone();
-        for topic in topology.sink_topics() {
-            if let Some(n) = admin::partition_count(&metadata, &topic)? {
-                partitions.insert(topic, n);
+        let metrics = MetricsHandle::default();
+        let (partitions, shared) = wait_for(&config, &metrics, || {
+            let metadata: BaseConsumer = config.client().create()?;
+            let plan = admin::prepare_topics(&config, &topology, &metadata)?;
+            let mut partitions: BTreeMap<String, u32> = plan.topics.clone();
+            for topic in topology.sink_topics() {
+                if let Some(n) = admin::partition_count(&metadata, &topic)? {
+                    partitions.insert(topic, n);
+                }
             }
-        }
-        let engine = Engine::new(topology, config.clone(), partitions)?;
+            let shared = match config.guarantee {
+                Guarantee::ExactlyOnce => None,
+                Guarantee::AtLeastOnce => {
+                    let any_source = plan.topics.keys().next().map_or("", String::as_str);
+                    Some(writer::shared_producer(&config, any_source)?)
+                }
+            };
+            Ok((partitions, shared))
+        })?;
+        let engine = Engine::new(topology, config.clone(), partitions, shared, metrics.clone());
         let topics = engine.source_topics();
-        let metrics = engine.metrics.clone();
-        let context = Rebalancing { engine: Arc::new(Mutex::new(engine)), metrics, failure: Mutex::new(None) };
+        let context = Rebalancing::new(Arc::new(Mutex::new(engine)), metrics);
         let mut client = config.client();
-        if !config.properties.iter().any(|(key, _)| key == "fetch.queue.backoff.ms") {
+        if !config.has_property("fetch.queue.backoff.ms") {
             // After its local queue was full, librdkafka waits 1 s by default
             // before fetching again, though a busy task empties it sooner.
             client.set("fetch.queue.backoff.ms", "20");
@@ -303,8 +205,7 @@ impl Runtime {
             metrics.totals = self.engine()?.totals();
         }
         let mut engine = self.engine()?;
-        engine.commit(&self.consumer)?;
-        engine.close_all();
+        engine.shut_down(&self.consumer)?;
         drop(engine);
         self.consumer.unsubscribe();
         Ok(())
@@ -330,7 +231,8 @@ impl Runtime {
     }
 
     /// Processes the records that come within `timeout`, up to
-    /// [`STEP_RECORDS`], then commits if the commit interval is over.
+    /// [`STEP_RECORDS`], then commits if the commit interval is over. Tasks
+    /// waiting to be opened are tried again when their backoff is over.
     fn step(&mut self, timeout: Duration) -> Result<(), RuntimeError> {
         let mut timeout = timeout;
         for _ in 0..STEP_RECORDS {
@@ -338,9 +240,7 @@ impl Runtime {
             // engine: it is not held while polling.
             let polled = self.consumer.poll(timeout);
             timeout = Duration::ZERO;
-            if let Some(error) = self.consumer.context().failure.lock().ok().and_then(|mut f| f.take()) {
-                return Err(error);
-            }
+            self.consumer.context().take_failure()?;
             match polled {
                 None => break,
                 // librdkafka retries on its own; a consumer error is reported, not fatal.
@@ -348,14 +248,23 @@ impl Runtime {
                     tracing::warn!(%error, "consumer error");
                     break;
                 }
-                Some(Ok(message)) => self.consumer.context().engine()?.process(&message)?,
+                Some(Ok(message)) => {
+                    let mut engine = self.engine()?;
+                    if let Err(error) = engine.process(&message) {
+                        engine.rewind(&self.consumer, error)?;
+                        break;
+                    }
+                }
             }
         }
         let mut engine = self.engine()?;
+        engine.open_pending(&self.consumer)?;
         engine.serve_deliveries();
         if engine.last_commit.elapsed() >= engine.config.commit_interval {
             engine.advance_wall_clock(now_millis())?;
-            engine.commit(&self.consumer)?;
+            if let Err(error) = engine.commit(&self.consumer) {
+                engine.rewind(&self.consumer, error)?;
+            }
         }
         Ok(())
     }

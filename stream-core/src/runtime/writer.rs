@@ -150,6 +150,14 @@ impl Writer {
     pub(crate) fn transactional(config: &RuntimeConfig, id: TaskId, topic: &str) -> Result<Writer, KafkaError> {
         let mut client = producer_config(config);
         client.set("transactional.id", format!("{}-{id}", config.streams.application_id));
+        if !config.has_property("transaction.timeout.ms") {
+            // A transaction the coordinator times out is aborted by fencing
+            // its producer, which then fails as if a newer instance had taken
+            // over: 5 min (librdkafka's default is 1 min) lets the runtime
+            // wait out broker outages that long. A new owner of the task
+            // aborts its predecessor's transaction at once, whatever this is.
+            client.set("transaction.timeout.ms", "300000");
+        }
         let producer = connected(&client, topic)?;
         producer.init_transactions(TIMEOUT)?;
         Ok(Writer::Transactional(producer, false))
