@@ -360,6 +360,13 @@ impl Engine {
         consumer: &BaseConsumer<C>,
         error: RuntimeError,
     ) -> Result<(), RuntimeError> {
+        // A failed send may only say "purged" while its producer was fenced.
+        let app = &self.config.streams.application_id;
+        let cause = self.tasks.iter().find_map(|(id, r)| Some((*id, r.writer.fatal_error()?)));
+        let error = match cause {
+            Some((id, fatal)) if error.is_retriable() => fenced(RuntimeError::Kafka(fatal), app, id),
+            _ => error,
+        };
         if !error.is_retriable() {
             return Err(error);
         }

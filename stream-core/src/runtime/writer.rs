@@ -225,6 +225,14 @@ impl Writer {
         boundaries.get(&(topic.to_string(), partition)).copied()
     }
 
+    /// The fatal error librdkafka recorded for this writer's producer, if
+    /// any: a send or commit that failed may only say "purged", while the
+    /// cause (fencing, say) is here.
+    pub(crate) fn fatal_error(&self) -> Option<KafkaError> {
+        let (code, _) = self.inner().client().fatal_error()?;
+        Some(KafkaError::Global(code))
+    }
+
     /// Serves delivery reports without blocking.
     pub(crate) fn poll(&self) {
         self.inner().poll(Duration::ZERO);
