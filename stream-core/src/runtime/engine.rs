@@ -323,6 +323,11 @@ impl Engine {
             partitions.add_partition(topic, *partition);
         }
         let result = self.open_tasks(consumer, &mut partitions).and_then(|()| Ok(consumer.assign(&partitions)?));
+        if result.is_err() {
+            // Tasks opened before the failure are opened again with the
+            // others, so that every task's position comes from its opening.
+            self.close_dirty();
+        }
         let Some(pending) = &mut self.pending else { return Ok(()) };
         match result {
             Ok(()) => {

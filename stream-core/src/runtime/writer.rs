@@ -225,12 +225,24 @@ impl Writer {
         boundaries.get(&(topic.to_string(), partition)).copied()
     }
 
-    /// The fatal error librdkafka recorded for this writer's producer, if
-    /// any: a send or commit that failed may only say "purged", while the
-    /// cause (fencing, say) is here.
+    /// The fatal error librdkafka recorded for this writer's producer, or a
+    /// delivery it failed because it was fenced: a send or commit that
+    /// failed may only say "purged" or "erroneous state", while the cause
+    /// (fencing, say) is here.
     pub(crate) fn fatal_error(&self) -> Option<KafkaError> {
-        let (code, _) = self.inner().client().fatal_error()?;
-        Some(KafkaError::Global(code))
+        if let Some((code, _)) = self.inner().client().fatal_error() {
+            return Some(KafkaError::Global(code));
+        }
+        // A delivery that failed, fenced, leaves the producer in an abortable
+        // state only: sends then fail with "erroneous state". Its report may
+        // not have been served yet: serve the reports of what is in flight
+        // (for up to 2 s; the error being handled may be an outage).
+        let started = Instant::now();
+        while self.inner().in_flight_count() > 0 && started.elapsed() < Duration::from_secs(2) {
+            self.inner().poll(Duration::from_millis(10));
+        }
+        let failure = self.inner().context().failure.lock().ok()?.clone()?;
+        RuntimeError::Kafka(failure.clone()).is_fencing().then_some(failure)
     }
 
     /// Serves delivery reports without blocking.
