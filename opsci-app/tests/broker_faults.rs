@@ -16,6 +16,7 @@ use integration_tests::proxy::Mode;
 use integration_tests::Broker;
 use opsci_app::sources::{produce, KafkaConfig, Kind};
 use opsci_app::topology::Topics;
+use rdkafka::consumer::Consumer;
 use rdkafka::Message;
 
 const PARTITIONS: u32 = 3;
@@ -137,9 +138,39 @@ fn check(broker: &Broker, fold: &Fold, within: Duration) -> Duration {
     });
     let took = started.elapsed();
     assert_eq!(seen.stock, expected, "stock per product");
-    assert_eq!(seen.catalogue, PRODUCTS as usize + fold.applied, "one catalogue record per product and movement applied");
+    assert_eq!(
+        seen.catalogue,
+        PRODUCTS as usize + fold.applied,
+        "one catalogue record per product and movement applied; {}",
+        visibility(broker, "catalogue")
+    );
     assert_eq!(seen.errors, fold.rejected, "one error record per rejected movement");
     took
+}
+
+/// What readers of `topic` get, per partition: records read committed,
+/// records read uncommitted, high watermark (for a failing check's message).
+fn visibility(broker: &Broker, topic: &str) -> String {
+    let count = |isolation: &str| {
+        let reader = broker.reader(topic, PARTITIONS as i32, &[("isolation.level", isolation)]);
+        let mut counts = [0u64; PARTITIONS as usize];
+        let mut last = Instant::now();
+        while last.elapsed() < Duration::from_secs(3) {
+            if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+                counts[m.partition() as usize] += 1;
+                last = Instant::now();
+            }
+        }
+        (reader, counts)
+    };
+    let (reader, committed) = count("read_committed");
+    let (_, uncommitted) = count("read_uncommitted");
+    let ends: Vec<i64> = (0..PARTITIONS as i32)
+        .map(|p| reader.fetch_watermarks(topic, p, Duration::from_secs(10)).map_or(-1, |(_, high)| high))
+        .collect();
+    format!(
+        "{topic} per partition: read committed {committed:?}, uncommitted {uncommitted:?}, high watermarks {ends:?}"
+    )
 }
 
 /// A running `opsci-app run`, its log in a file.

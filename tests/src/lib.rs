@@ -133,7 +133,9 @@ impl Node {
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the test broker {:?}: {e} (run .ci/run to install it)", self.command));
+            .unwrap_or_else(|e| {
+                panic!("cannot start the test broker {:?}: {e} (run .ci/run to install it)", self.command)
+            });
         self.child = Some(child);
     }
 
@@ -151,7 +153,11 @@ impl Node {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("the test broker exited ({status}):\n{}", read(&self.log));
             }
-            assert!(Instant::now() < deadline, "the test broker did not listen within {within:?}:\n{}", read(&self.log));
+            assert!(
+                Instant::now() < deadline,
+                "the test broker did not listen within {within:?}:\n{}",
+                read(&self.log)
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

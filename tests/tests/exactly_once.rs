@@ -237,24 +237,8 @@ on_each_broker!(
     a_worker_killed_with_sigkill_ten_times_ends_with_the_exact_fold,
     a_zombie_instance_is_fenced_and_stops_without_effect,
     a_wiped_state_directory_is_rebuilt_from_the_changelog,
+    when_one_of_two_instances_is_killed_the_other_takes_over_exactly,
 );
-
-#[test]
-fn kafka_when_one_of_two_instances_is_killed_the_other_takes_over_exactly() {
-    when_one_of_two_instances_is_killed_the_other_takes_over_exactly(BrokerKind::Kafka)
-}
-
-/// On nisshi, the survivor's restoration of a partition taken over from the
-/// killed instance can read nothing, again at every retry, behind a
-/// transaction that instance left open (README, "Test brokers"); the
-/// runtime now waits and retries instead of stopping, but the test's 120 s
-/// run out. Apache Kafka aborts such a transaction when the task's producer
-/// is fenced.
-#[test]
-#[ignore = "nisshi: restoration stalls behind the killed instance's open transaction"]
-fn nisshi_when_one_of_two_instances_is_killed_the_other_takes_over_exactly() {
-    when_one_of_two_instances_is_killed_the_other_takes_over_exactly(BrokerKind::Nisshi)
-}
 
 /// Ten workers in a row are killed with SIGKILL at random moments, mid-commit
 /// or not (164 000 movements); each successor resumes from the last commit

@@ -12,7 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
 
-use super::{RuntimeConfig, RuntimeError};
+use super::{ClientKind, RuntimeConfig, RuntimeError};
 use crate::error::TopologyError;
 use crate::topology::{PartitionPlan, Topology};
 
@@ -153,6 +153,6 @@ pub(crate) fn prepare_topics(
             }
         }
     }
-    ensure_topics(&config.client(), &internal, config.replication_factor)?;
+    ensure_topics(&config.client(ClientKind::Admin), &internal, config.replication_factor)?;
     Ok(plan)
 }

@@ -31,8 +31,33 @@ pub struct RuntimeConfig {
     /// Streams' `task.timeout.ms`).
     pub task_timeout: Duration,
     /// librdkafka properties passed to every client (security.protocol,
-    /// sasl.*, ssl.*, ...). Their values are never logged.
+    /// sasl.*, ssl.*, ...). As in Kafka Streams, a key prefixed `consumer.`,
+    /// `producer.` or `admin.` goes to that kind of client only, without the
+    /// prefix (`consumer.session.timeout.ms`). Values are never logged.
     pub properties: Vec<(String, String)>,
+}
+
+/// The kind of client a configuration is made for (see [`RuntimeConfig::properties`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientKind {
+    Consumer,
+    Producer,
+    Admin,
+}
+
+impl ClientKind {
+    const ALL: [(ClientKind, &'static str); 3] =
+        [(ClientKind::Consumer, "consumer."), (ClientKind::Producer, "producer."), (ClientKind::Admin, "admin.")];
+
+    /// The key under which `key` applies to this kind of client, if it does.
+    fn key<'k>(self, key: &'k str) -> Option<&'k str> {
+        for (kind, prefix) in ClientKind::ALL {
+            if let Some(rest) = key.strip_prefix(prefix) {
+                return (kind == self).then_some(rest);
+            }
+        }
+        Some(key)
+    }
 }
 
 impl RuntimeConfig {
@@ -50,13 +75,14 @@ impl RuntimeConfig {
         }
     }
 
-    /// Whether the user set librdkafka property `key`.
-    pub(crate) fn has_property(&self, key: &str) -> bool {
-        self.properties.iter().any(|(k, _)| k == key)
+    /// Whether the user set librdkafka property `key` for `kind`'s clients.
+    pub(crate) fn has_property(&self, kind: ClientKind, key: &str) -> bool {
+        self.properties.iter().any(|(k, _)| kind.key(k) == Some(key))
     }
 
-    /// A client configuration: the brokers and the user's properties.
-    pub(crate) fn client(&self) -> ClientConfig {
+    /// A configuration for a client of `kind`: the brokers and the user's
+    /// properties for it.
+    pub(crate) fn client(&self, kind: ClientKind) -> ClientConfig {
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", &self.bootstrap_servers);
         // librdkafka waits up to 10 s between attempts to reconnect to a
@@ -64,8 +90,32 @@ impl RuntimeConfig {
         // that much later.
         client.set("reconnect.backoff.max.ms", "1000");
         for (key, value) in &self.properties {
-            client.set(key, value);
+            if let Some(key) = kind.key(key) {
+                client.set(key, value);
+            }
         }
         client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ClientKind, RuntimeConfig};
+    use crate::config::StreamsConfig;
+
+    #[test]
+    fn a_prefixed_property_goes_to_its_kind_of_client_only() {
+        let mut config = RuntimeConfig::new(StreamsConfig::new("app"), "localhost:9092");
+        config.properties.push(("consumer.session.timeout.ms".into(), "6000".into()));
+        config.properties.push(("security.protocol".into(), "ssl".into()));
+        let consumer = config.client(ClientKind::Consumer);
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(consumer.get("security.protocol"), Some("ssl"));
+        let producer = config.client(ClientKind::Producer);
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(producer.get("consumer.session.timeout.ms"), None);
+        assert_eq!(producer.get("security.protocol"), Some("ssl"));
+        assert!(config.has_property(ClientKind::Consumer, "session.timeout.ms"));
+        assert!(!config.has_property(ClientKind::Admin, "session.timeout.ms"));
     }
 }

@@ -295,7 +295,7 @@ impl Engine {
         consumer: &BaseConsumer<C>,
         partitions: &TopicPartitionList,
     ) -> Result<(), RuntimeError> {
-        let result = self.commit(consumer);
+        let result = self.commit(consumer).map_err(|error| self.cause(error));
         self.close_partitions(partitions, result.is_ok());
         self.assignment.clear();
         self.pending = None;
@@ -356,6 +356,20 @@ impl Engine {
         }
     }
 
+    /// What `error` (retriable, met by a task) comes from: a send or commit
+    /// may only say "purged" or "erroneous state" while its producer was
+    /// fenced, which the task's writer knows.
+    fn cause(&self, error: RuntimeError) -> RuntimeError {
+        if !error.is_retriable() {
+            return error;
+        }
+        let app = &self.config.streams.application_id;
+        match self.tasks.iter().find_map(|(id, r)| Some((*id, r.writer.fatal_error()?))) {
+            Some((id, fatal)) => fenced(RuntimeError::Kafka(fatal), app, id),
+            None => error,
+        }
+    }
+
     /// Handles an error met while processing or committing: a retriable one
     /// rewinds every task to its last commit (its open transaction is
     /// abandoned, and it is reopened, as after a crash, once the cluster
@@ -365,13 +379,7 @@ impl Engine {
         consumer: &BaseConsumer<C>,
         error: RuntimeError,
     ) -> Result<(), RuntimeError> {
-        // A failed send may only say "purged" while its producer was fenced.
-        let app = &self.config.streams.application_id;
-        let cause = self.tasks.iter().find_map(|(id, r)| Some((*id, r.writer.fatal_error()?)));
-        let error = match cause {
-            Some((id, fatal)) if error.is_retriable() => fenced(RuntimeError::Kafka(fatal), app, id),
-            _ => error,
-        };
+        let error = self.cause(error);
         if !error.is_retriable() {
             return Err(error);
         }

@@ -74,6 +74,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::topology::Topology;
 pub use admin::{ensure_topics, TopicSpec};
+use config::ClientKind;
 pub use config::RuntimeConfig;
 use engine::Engine;
 pub use error::{is_retriable, RuntimeError};
@@ -149,7 +150,7 @@ impl Runtime {
     pub fn new(topology: Topology, config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
         let metrics = MetricsHandle::default();
         let (partitions, shared) = wait_for(&config, &metrics, || {
-            let metadata: BaseConsumer = config.client().create()?;
+            let metadata: BaseConsumer = config.client(ClientKind::Consumer).create()?;
             let plan = admin::prepare_topics(&config, &topology, &metadata)?;
             let mut partitions: BTreeMap<String, u32> = plan.topics.clone();
             for topic in topology.sink_topics() {
@@ -169,8 +170,8 @@ impl Runtime {
         let engine = Engine::new(topology, config.clone(), partitions, shared, metrics.clone());
         let topics = engine.source_topics();
         let context = Rebalancing::new(Arc::new(Mutex::new(engine)), metrics);
-        let mut client = config.client();
-        if !config.has_property("fetch.queue.backoff.ms") {
+        let mut client = config.client(ClientKind::Consumer);
+        if !config.has_property(ClientKind::Consumer, "fetch.queue.backoff.ms") {
             // After its local queue was full, librdkafka waits 1 s by default
             // before fetching again, though a busy task empties it sooner.
             client.set("fetch.queue.backoff.ms", "20");

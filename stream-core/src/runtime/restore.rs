@@ -49,12 +49,16 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::checkpoint::Checkpoint;
 use super::dedupe::Seen;
 use super::writer::Writer;
-use super::{RuntimeConfig, RuntimeError};
+use super::{ClientKind, RuntimeConfig, RuntimeError};
 use crate::record::Headers;
 use crate::task::Task;
 use crate::topology::TaskId;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a committed reader may get nothing before restoration reads on
+/// uncommitted (see [`replay`]).
+const STALL: Duration = Duration::from_secs(5);
 
 /// Key of the restore markers in changelog topics: not valid UTF-8, JSON,
 /// bincode of common types or an 8-byte integer, so no store key collides.
@@ -182,38 +186,103 @@ impl Completion {
     }
 }
 
+/// The two readers of a restoration: `read_committed`, and
+/// `read_uncommitted` for what a broker holds back behind a transaction that
+/// stays open after its producer was fenced (see [`replay`]).
+struct Readers {
+    committed: BaseConsumer,
+    uncommitted: BaseConsumer,
+}
+
+impl Readers {
+    fn new(config: &RuntimeConfig) -> Result<Readers, RuntimeError> {
+        let reader = |isolation: &str| {
+            config
+                .client(ClientKind::Consumer)
+                .set("group.id", format!("{}-restore", config.streams.application_id))
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", isolation)
+                .set("fetch.wait.max.ms", "20")
+                .create()
+        };
+        Ok(Readers { committed: reader("read_committed")?, uncommitted: reader("read_uncommitted")? })
+    }
+}
+
+/// Assigns `topic`'s `partition` from `offset` to `consumer`, alone.
+fn assign(consumer: &BaseConsumer, (topic, partition): (&str, i32), offset: Offset) -> Result<(), RuntimeError> {
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, offset)?;
+    Ok(consumer.assign(&assignment)?)
+}
+
 /// Reads `topic`'s `partition` from `start`, giving each message to `each`,
-/// until the restore marker with `token`; fails when no message comes for
-/// [`TIMEOUT`].
+/// until the restore marker with `token`.
+///
+/// It reads `read_committed`, so that, on Apache Kafka, records of aborted
+/// transactions are never seen. Every transaction on a changelog partition
+/// is its task's, and fencing the task's earlier owners (before the marker
+/// was written) ended theirs, so nothing holds a committed reader back for
+/// long. Some brokers (nisshi 0.7.0) hold it back anyway, for good, behind a
+/// transaction a killed owner left open: when nothing comes for [`STALL`]
+/// although the partition's leader answers, or at `stall` (where an earlier
+/// pass switched), the rest is read `read_uncommitted`. Those brokers show
+/// aborted records to committed readers anyway, so this shows nothing of a
+/// kind reading committed does not; the commit records still decide what
+/// applies. Returns where the reading switched, if it did; fails when
+/// nothing comes for [`TIMEOUT`] either way.
 fn replay(
-    consumer: &BaseConsumer,
+    readers: &Readers,
     (topic, partition, start): (&str, i32, Offset),
     token: &str,
+    stall: Option<Offset>,
     mut each: impl FnMut(&BorrowedMessage<'_>) -> Result<(), RuntimeError>,
-) -> Result<(), RuntimeError> {
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, start)?;
-    consumer.assign(&assignment)?;
-    let (mut last_message, mut next) = (Instant::now(), None);
+) -> Result<Option<Offset>, RuntimeError> {
+    let switch = |at: Offset| -> Result<&BaseConsumer, RuntimeError> {
+        readers.committed.unassign()?;
+        assign(&readers.uncommitted, (topic, partition), at)?;
+        Ok(&readers.uncommitted)
+    };
+    let (mut last_message, mut next, mut switched) = (Instant::now(), start, None);
+    let mut reader = &readers.committed;
+    if stall == Some(start) {
+        (reader, switched) = (switch(start)?, stall);
+    } else {
+        assign(reader, (topic, partition), start)?;
+    }
     loop {
-        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-            if last_message.elapsed() > TIMEOUT {
-                let (_, end) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
-                let (topic, offset) = (topic.to_string(), next.unwrap_or(-1));
-                return Err(RuntimeError::RestoreStalled { topic, partition, offset, end });
+        let Some(message) = reader.poll(Duration::from_millis(100)) else {
+            let quiet = last_message.elapsed();
+            if switched.is_none() && quiet > STALL {
+                // Fails if the leader does not answer: an outage, retried later.
+                reader.fetch_watermarks(topic, partition, TIMEOUT)?;
+                tracing::warn!(%topic, partition, offset = ?next,
+                    "a committed reader gets nothing although the broker answers: reading on uncommitted");
+                (reader, switched, last_message) = (switch(next)?, Some(next), Instant::now());
+            } else if quiet > TIMEOUT {
+                let (_, end) = reader.fetch_watermarks(topic, partition, TIMEOUT)?;
+                let offset = match next {
+                    Offset::Offset(offset) => offset,
+                    _ => -1,
+                };
+                return Err(RuntimeError::RestoreStalled { topic: topic.to_string(), partition, offset, end });
             }
             continue;
         };
         let message = message?;
-        (last_message, next) = (Instant::now(), Some(message.offset() + 1));
+        (last_message, next) = (Instant::now(), Offset::Offset(message.offset() + 1));
         if message.key() == Some(MARKER_KEY) {
             let marker: Option<Marker> = message.payload().and_then(|p| serde_json::from_slice(p).ok());
             if marker.is_some_and(|m| m.token == token) {
-                return Ok(());
+                reader.unassign()?;
+                return Ok(switched);
             }
             continue;
         }
         each(&message)?;
+        if switched.is_none() && stall == Some(next) {
+            (reader, switched) = (switch(next)?, stall);
+        }
     }
 }
 
@@ -235,13 +304,7 @@ pub(crate) fn restore(
     if changelogs.is_empty() {
         return Ok(Some(restored));
     }
-    let consumer: BaseConsumer = config
-        .client()
-        .set("group.id", format!("{}-restore", config.streams.application_id))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "20")
-        .create()?;
+    let readers = Readers::new(config)?;
     let partition = id.partition as i32;
     let started = Instant::now();
     let marker = format!(r#"{{"token":"{session}"}}"#);
@@ -249,7 +312,7 @@ pub(crate) fn restore(
         writer.write_marker(topic, partition, MARKER_KEY, marker.as_bytes())?;
         // Knowing the partition's leader before it is assigned spares the
         // consumer a failed offset query and librdkafka's 500 ms wait to retry.
-        consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+        readers.committed.fetch_metadata(Some(topic), TIMEOUT)?;
     }
     let mut starts = HashMap::new();
     if let Some(checkpoint) = checkpoint {
@@ -260,7 +323,7 @@ pub(crate) fn restore(
         for (topic, &offset) in &checkpoint.changelogs {
             // The marker just written is at or after the checkpoint's offset,
             // unless the changelog was recreated since.
-            let (_, end) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
+            let (_, end) = readers.committed.fetch_watermarks(topic, partition, TIMEOUT)?;
             if end <= offset {
                 tracing::warn!(task = %id, %topic, offset, end, "local checkpoint beyond the changelog's end");
                 return Ok(None);
@@ -272,14 +335,16 @@ pub(crate) fn restore(
 
     // First pass: the last complete commit of each session, in every changelog.
     let mut complete: Option<HashMap<String, u64>> = None;
+    let mut stalls = HashMap::new();
     for topic in &changelogs {
         let mut completion = Completion::default();
-        replay(&consumer, (topic, partition, start(topic)), session, |message| {
+        let stall = replay(&readers, (topic, partition, start(topic)), session, None, |message| {
             if let (Some((session, number)), Some(key)) = (commit_of(message), message.key()) {
                 completion.read(session, number, key);
             }
             Ok(())
         })?;
+        stalls.insert(topic, stall);
         complete = Some(match &complete {
             None => completion.last,
             Some(other) => completion.intersect(other),
@@ -307,7 +372,8 @@ pub(crate) fn restore(
     }
     let mut last_log = Instant::now();
     for (store, topic) in changelogs.iter().enumerate() {
-        replay(&consumer, (topic, partition, start(topic)), session, |message| {
+        let stall = stalls.get(topic).copied().flatten();
+        replay(&readers, (topic, partition, start(topic)), session, stall, |message| {
             let Some(key) = message.key().filter(|k| !k.starts_with(COMMIT_PREFIX)) else {
                 return Ok(());
             };

@@ -17,7 +17,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 
-use super::{restore, RuntimeConfig, RuntimeError};
+use super::{restore, ClientKind, RuntimeConfig, RuntimeError};
 use crate::record::OutputRecord;
 use crate::topology::TaskId;
 
@@ -50,7 +50,7 @@ pub fn producer_settings(client: &mut rdkafka::ClientConfig) -> &mut rdkafka::Cl
 }
 
 fn producer_config(config: &RuntimeConfig) -> rdkafka::ClientConfig {
-    let mut client = config.client();
+    let mut client = config.client(ClientKind::Producer);
     producer_settings(&mut client);
     client
 }
@@ -81,8 +81,14 @@ impl ProducerContext for Deliveries {
             }
             Ok(_) => {}
             Err((error, _)) => {
+                // The first failure, unless a later one says why: when a
+                // produce request fails because the producer was fenced, the
+                // records queued beside it may be reported first, as purged.
                 if let Ok(mut failure) = self.failure.lock() {
-                    failure.get_or_insert_with(|| error.clone());
+                    let fencing = |e: &KafkaError| RuntimeError::Kafka(e.clone()).is_fencing();
+                    if failure.as_ref().is_none_or(|first| fencing(error) && !fencing(first)) {
+                        *failure = Some(error.clone());
+                    }
                 }
             }
         }
@@ -150,7 +156,7 @@ impl Writer {
     pub(crate) fn transactional(config: &RuntimeConfig, id: TaskId, topic: &str) -> Result<Writer, KafkaError> {
         let mut client = producer_config(config);
         client.set("transactional.id", format!("{}-{id}", config.streams.application_id));
-        if !config.has_property("transaction.timeout.ms") {
+        if !config.has_property(ClientKind::Producer, "transaction.timeout.ms") {
             // A transaction the coordinator times out is aborted by fencing
             // its producer, which then fails as if a newer instance had taken
             // over: 5 min (librdkafka's default is 1 min) lets the runtime

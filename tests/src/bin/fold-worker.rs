@@ -52,8 +52,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(other) => return Err(format!("unknown GUARANTEE {other}").into()),
     };
     let session = var("SESSION_TIMEOUT_MS").unwrap_or_else(|| "6000".into());
-    config.properties.push(("session.timeout.ms".into(), session));
-    config.properties.push(("heartbeat.interval.ms".into(), "500".into()));
+    config.properties.push(("consumer.session.timeout.ms".into(), session));
+    config.properties.push(("consumer.heartbeat.interval.ms".into(), "500".into()));
     if let Some(debug) = var("KAFKA_DEBUG") {
         config.properties.push(("debug".into(), debug));
     }
