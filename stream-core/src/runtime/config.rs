@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 
+use super::membership::Membership;
 use super::writer::Guarantee;
 use crate::config::StreamsConfig;
 
@@ -30,6 +31,10 @@ pub struct RuntimeConfig {
     /// it still waits, and the instance stays up (default 5 min, Kafka
     /// Streams' `task.timeout.ms`).
     pub task_timeout: Duration,
+    /// Static (the default, with a state directory) or dynamic group
+    /// membership: how soon a restarted instance gets its partitions back,
+    /// and how soon the others take over from a stopped one.
+    pub membership: Membership,
     /// librdkafka properties passed to every client (security.protocol,
     /// sasl.*, ssl.*, ...). As in Kafka Streams, a key prefixed `consumer.`,
     /// `producer.` or `admin.` goes to that kind of client only, without the
@@ -71,6 +76,7 @@ impl RuntimeConfig {
             replication_factor: None,
             startup_timeout: None,
             task_timeout: Duration::from_secs(300),
+            membership: Membership::Static,
             properties: Vec::new(),
         }
     }

@@ -10,6 +10,9 @@
 //! revoked, their tasks are committed and closed first; a task closed right
 //! after a successful commit leaves a local checkpoint (see `checkpoint`).
 //! Every `commit_interval` each active task commits (the protocol: `engine`).
+//! By default the consumer is a static member of the group, under an id kept
+//! in the state directory, so that an instance restarted after a crash gets
+//! its partitions back at once (see [`Membership`]).
 //!
 //! **Faults.** Every error is classified once (see `error`): the runtime
 //! waits out what can be waited out — no broker yet, a broker restarting, a
@@ -59,6 +62,7 @@ mod config;
 mod dedupe;
 mod engine;
 mod error;
+mod membership;
 mod metrics;
 mod query;
 mod rebalance;
@@ -72,12 +76,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use crate::error::StreamError;
 use crate::topology::Topology;
 pub use admin::{ensure_topics, TopicSpec};
 use config::ClientKind;
 pub use config::RuntimeConfig;
 use engine::Engine;
 pub use error::{is_retriable, RuntimeError};
+pub use membership::Membership;
 pub use metrics::{MetricsHandle, RuntimeMetrics, TaskStatus};
 pub use query::StoreReader;
 use rebalance::Rebalancing;
@@ -175,6 +181,10 @@ impl Runtime {
             // After its local queue was full, librdkafka waits 1 s by default
             // before fetching again, though a busy task empties it sooner.
             client.set("fetch.queue.backoff.ms", "20");
+        }
+        if let Some(id) = config.membership.instance_id(&config.streams).map_err(StreamError::from)? {
+            tracing::info!(group_instance_id = %id, "static group membership");
+            client.set("group.instance.id", id);
         }
         let consumer: BaseConsumer<Rebalancing> = client
             .set("group.id", &config.streams.application_id)

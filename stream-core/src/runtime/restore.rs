@@ -222,15 +222,18 @@ fn assign(consumer: &BaseConsumer, (topic, partition): (&str, i32), offset: Offs
 /// It reads `read_committed`, so that, on Apache Kafka, records of aborted
 /// transactions are never seen. Every transaction on a changelog partition
 /// is its task's, and fencing the task's earlier owners (before the marker
-/// was written) ended theirs, so nothing holds a committed reader back for
-/// long. Some brokers (nisshi 0.7.0) hold it back anyway, for good, behind a
-/// transaction a killed owner left open: when nothing comes for [`STALL`]
-/// although the partition's leader answers, or at `stall` (where an earlier
-/// pass switched), the rest is read `read_uncommitted`. Those brokers show
-/// aborted records to committed readers anyway, so this shows nothing of a
-/// kind reading committed does not; the commit records still decide what
-/// applies. Returns where the reading switched, if it did; fails when
-/// nothing comes for [`TIMEOUT`] either way.
+/// was written) completed theirs: on Apache Kafka, the only transaction
+/// that can still hold the last stable offset back is the marker's own,
+/// until its commit reaches the partition. Some brokers (nisshi 0.7.0) hold
+/// it back for good behind a transaction a killed owner left open. So when
+/// nothing comes for [`STALL`] and the last stable offset is where the
+/// reader is (the reader has everything committed readers may read, yet not
+/// the marker), the rest is read `read_uncommitted`: on Apache Kafka that
+/// is the marker alone; on those brokers, which show aborted records to
+/// committed readers anyway, what a killed owner left, of which the commit
+/// records still decide what applies. A later pass switches at `stall`,
+/// where an earlier one did. Returns where the reading switched, if it did;
+/// fails when nothing comes for [`TIMEOUT`].
 fn replay(
     readers: &Readers,
     (topic, partition, start): (&str, i32, Offset),
@@ -244,6 +247,7 @@ fn replay(
         Ok(&readers.uncommitted)
     };
     let (mut last_message, mut next, mut switched) = (Instant::now(), start, None);
+    let mut last_check = Instant::now();
     let mut reader = &readers.committed;
     if stall == Some(start) {
         (reader, switched) = (switch(start)?, stall);
@@ -253,13 +257,22 @@ fn replay(
     loop {
         let Some(message) = reader.poll(Duration::from_millis(100)) else {
             let quiet = last_message.elapsed();
-            if switched.is_none() && quiet > STALL {
-                // Fails if the leader does not answer: an outage, retried later.
-                reader.fetch_watermarks(topic, partition, TIMEOUT)?;
-                tracing::warn!(%topic, partition, offset = ?next,
-                    "a committed reader gets nothing although the broker answers: reading on uncommitted");
-                (reader, switched, last_message) = (switch(next)?, Some(next), Instant::now());
-            } else if quiet > TIMEOUT {
+            if switched.is_none() && quiet > STALL && last_check.elapsed() > STALL {
+                last_check = Instant::now();
+                // For a committed reader, the high watermark is the last stable
+                // offset. Fails if the leader does not answer: an outage, retried.
+                let (low, stable) = reader.fetch_watermarks(topic, partition, TIMEOUT)?;
+                let at = match next {
+                    Offset::Offset(offset) => offset,
+                    _ => low,
+                };
+                if stable <= at {
+                    tracing::warn!(%topic, partition, offset = at, stable,
+                        "the last stable offset is held back before the restore marker: reading on uncommitted");
+                    (reader, switched, last_message) = (switch(next)?, Some(next), Instant::now());
+                }
+            }
+            if last_message.elapsed() > TIMEOUT {
                 let (_, end) = reader.fetch_watermarks(topic, partition, TIMEOUT)?;
                 let offset = match next {
                     Offset::Offset(offset) => offset,
