@@ -173,6 +173,16 @@ fn visibility(broker: &Broker, topic: &str) -> String {
     )
 }
 
+/// [`check`], printing the end of `app`'s log if it fails.
+fn check_app(app: &App, broker: &Broker, fold: &Fold, within: Duration) -> Duration {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(broker, fold, within))).unwrap_or_else(|panic| {
+        let log = app.log();
+        let tail: Vec<&str> = log.lines().rev().take(150).collect();
+        eprintln!("the app's log, last lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        std::panic::resume_unwind(panic)
+    })
+}
+
 /// A running `opsci-app run`, its log in a file.
 struct App {
     child: Child,
@@ -271,7 +281,7 @@ fn the_app_started_with_a_fresh_broker_never_exits() {
         watch(&mut app, Duration::from_secs(2));
         fold.load_products(&kafka);
         fold.load_movements(&kafka, 300);
-        let took = check(&broker, &fold, Duration::from_secs(60));
+        let took = check_app(&app, &broker, &fold, Duration::from_secs(60));
         eprintln!("start {start}: results complete {took:?} after the check began");
         app.stop();
     }
@@ -291,7 +301,7 @@ fn the_app_started_before_its_broker_waits_for_it() {
     let mut fold = Fold::new(dir.path());
     fold.load_products(&kafka);
     fold.load_movements(&kafka, 500);
-    check(&broker, &fold, Duration::from_secs(90));
+    check_app(&app, &broker, &fold, Duration::from_secs(90));
     eprintln!("results complete {:?} after the broker started", started.elapsed());
     app.stop();
 }
@@ -313,7 +323,7 @@ fn the_app_survives_its_broker_killed_and_restarted_mid_stream() {
     broker.restart_node(0);
     broker.wait_ready(1);
     fold.load_movements(&kafka, 2_000);
-    let took = check(&broker, &fold, Duration::from_secs(120));
+    let took = check_app(&app, &broker, &fold, Duration::from_secs(120));
     eprintln!("results complete {:?} after the broker restarted ({took:?} after loading)", restarted.elapsed());
     app.stop();
 }
@@ -335,17 +345,21 @@ fn the_app_survives_a_60_s_network_cut() {
     broker.proxy(0).set(Mode::Forward);
     let restored = Instant::now();
     fold.load_movements(&kafka, 2_000);
-    check(&broker, &fold, Duration::from_secs(180));
+    check_app(&app, &broker, &fold, Duration::from_secs(180));
     eprintln!("results complete {:?} after the network came back", restored.elapsed());
     app.stop();
 }
 
-/// Not yet passing: the stock ends exact, but a `read_committed` reader of
-/// the catalogue got 3 825 of 4 995 records within 180 s in the one run
-/// made (a transaction left open, holding back the last stable offset, is
-/// the suspect; not established). Run it with `--ignored`.
+/// Not reliable yet: it passed 3 of the last 4 runs. In the one that
+/// failed, the stock of five products (one partition, it seems) was behind
+/// the fold when the check gave up after 180 s: processing of a partition
+/// stalled, not counted twice. An earlier failure (before restoration's
+/// fallback to uncommitted reads was restricted to a held-back last stable
+/// offset) lost 516 catalogue records: the topic held them neither
+/// committed nor uncommitted, while the stock was exact. Run it with
+/// `--ignored`; a failure prints the app's log.
 #[test]
-#[ignore = "catalogue outputs incomplete after node kills: under investigation"]
+#[ignore = "a partition sometimes stalls after the node kills: under investigation"]
 fn the_app_survives_each_node_of_a_three_node_cluster_killed_in_turn() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut broker = Broker::cluster(3);
@@ -364,6 +378,6 @@ fn the_app_survives_each_node_of_a_three_node_cluster_killed_in_turn() {
         broker.restart_node(node);
         broker.wait_ready(3);
     }
-    check(&broker, &fold, Duration::from_secs(180));
+    check_app(&app, &broker, &fold, Duration::from_secs(180));
     app.stop();
 }
