@@ -55,7 +55,7 @@ impl ClientKind {
         [(ClientKind::Consumer, "consumer."), (ClientKind::Producer, "producer."), (ClientKind::Admin, "admin.")];
 
     /// The key under which `key` applies to this kind of client, if it does.
-    fn key<'k>(self, key: &'k str) -> Option<&'k str> {
+    fn key(self, key: &str) -> Option<&str> {
         for (kind, prefix) in ClientKind::ALL {
             if let Some(rest) = key.strip_prefix(prefix) {
                 return (kind == self).then_some(rest);

@@ -73,9 +73,11 @@ fn on_threads<T: Send, R: Send>(
 /// `error`, as [`RuntimeError::Fenced`] if it says that task `id` was fenced.
 fn fenced(error: RuntimeError, application_id: &str, id: TaskId) -> RuntimeError {
     match error {
-        RuntimeError::Kafka(source) if RuntimeError::Kafka(source.clone()).is_fencing() => {
-            RuntimeError::Fenced { application_id: application_id.to_string(), task: id.to_string(), source }
-        }
+        RuntimeError::Kafka(source) if RuntimeError::Kafka(source.clone()).is_fencing() => RuntimeError::Fenced {
+            application_id: application_id.to_string(),
+            task: id.to_string(),
+            source: Box::new(source),
+        },
         other => other,
     }
 }

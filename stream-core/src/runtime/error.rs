@@ -33,8 +33,9 @@ pub enum RuntimeError {
         application_id: String,
         /// The task whose producer was fenced.
         task: String,
-        /// The error Kafka gave.
-        source: KafkaError,
+        /// The error Kafka gave (boxed: it would make every result of the
+        /// runtime larger).
+        source: Box<KafkaError>,
     },
     /// Processing failed (error policy `Fail`, or a store failure).
     #[error(transparent)]
