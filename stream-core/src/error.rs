@@ -38,8 +38,8 @@ pub enum StoreError {
         #[source]
         source: rocksdb::Error,
     },
-    /// The state directory could not be created.
-    #[error("cannot create state directory `{path}`: {source}")]
+    /// A file or directory of the local state could not be written or read.
+    #[error("local state `{path}`: {source}")]
     Io {
         /// The directory.
         path: String,

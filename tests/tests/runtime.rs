@@ -225,3 +225,66 @@ fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
     assert!(b > 0, "the second instance took over partitions");
     assert_eq!(read_outputs(&broker, "scale-out", SCALE_PARTITIONS, "scale-in", total as usize), fold(&movements));
 }
+
+/// Interactive queries read the stores' committed state without waiting for
+/// the runtime: a query made while the tasks restore answers before the
+/// restoration ends, and once the tasks run, the table read equals an
+/// independent fold.
+#[test]
+fn queries_answer_while_the_tasks_restore() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let broker = Broker::start();
+    broker.create_topic("query-in", PARTITIONS);
+    broker.create_topic("query-out", PARTITIONS);
+    // Many keys, so that restoring them takes a while.
+    let producer: BaseProducer =
+        broker.client_config().set("partitioner", "murmur2_random").create().expect("producer");
+    let movements: Vec<(String, i64)> = (0..200_000).map(|i| (format!("product-{}", i % 100_000), i % 7 - 3)).collect();
+    for (key, amount) in &movements {
+        let value = amount.to_be_bytes();
+        while let Err((error, _)) = producer.send(BaseRecord::to("query-in").key(key.as_str()).payload(&value[..])) {
+            assert!(format!("{error}").contains("Queue full"), "send: {error}");
+            producer.poll(Duration::from_millis(10));
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let config = || RuntimeConfig::new(StreamsConfig::new("query-app"), broker.bootstrap());
+    let mut first = Runtime::new(fold_topology("query-in", "query-out"), config()).expect("runtime");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    first.run(|m| m.totals.records_in >= 200_000 || Instant::now() > deadline).expect("first run");
+    assert_eq!(first.metrics().totals.records_in, 200_000);
+    drop(first);
+
+    // A new instance with empty (in-memory) stores restores them from the changelog.
+    let mut second = Runtime::new(fold_topology("query-in", "query-out"), config()).expect("runtime");
+    let (reader, metrics) = (second.store_reader(), second.metrics_handle());
+    let done = Arc::new(AtomicBool::new(false));
+    let queries = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let restoring = || metrics.snapshot().tasks.values().any(|t| t.restoring);
+            let mut answered_while_restoring = 0;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let running = |m: RuntimeMetrics| !m.tasks.is_empty() && m.is_running();
+            while !running(metrics.snapshot()) && Instant::now() < deadline {
+                let before = restoring();
+                reader.get("totals", &"product-7".to_string(), Utf8, I64).expect("query");
+                if before && restoring() {
+                    answered_while_restoring += 1;
+                }
+            }
+            let table = reader.all("totals", Utf8, I64).expect("query");
+            done.store(true, Ordering::SeqCst);
+            (answered_while_restoring, table)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    second.run(|_| done.load(Ordering::SeqCst) || Instant::now() > deadline).expect("second run");
+    let (answered_while_restoring, table) = queries.join().expect("query thread");
+    eprintln!("queries answered while restoring: {answered_while_restoring}");
+    assert!(answered_while_restoring > 0, "queries waited for the restoration");
+    assert_eq!(table.into_iter().collect::<BTreeMap<_, _>>(), fold(&movements));
+}

@@ -19,6 +19,7 @@
 //! changelogs, offsets beyond the end of a changelog) is ignored the same way.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -74,10 +75,14 @@ impl Checkpoint {
     pub(crate) fn write(&self, streams: &StreamsConfig, id: TaskId) -> Result<(), StoreError> {
         let Some(path) = path(streams, id) else { return Ok(()) };
         let json = serde_json::to_vec(self).map_err(|e| io_error(&path)(std::io::Error::other(e)))?;
-        // Written aside, then renamed: a crash never leaves half a checkpoint.
+        // Written aside, synced, then renamed, and the rename synced: neither
+        // a crash nor a power loss leaves half a checkpoint.
         let partial = path.with_extension("checkpoint.partial");
-        std::fs::write(&partial, json).map_err(io_error(&partial))?;
-        std::fs::rename(&partial, &path).map_err(io_error(&path))
+        let mut file = std::fs::File::create(&partial).map_err(io_error(&partial))?;
+        file.write_all(&json).and_then(|()| file.sync_all()).map_err(io_error(&partial))?;
+        std::fs::rename(&partial, &path).map_err(io_error(&path))?;
+        let dir = path.parent().unwrap_or(&path);
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
     }
 
     /// Whether it was written for exactly these changelogs.

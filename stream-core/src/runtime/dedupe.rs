@@ -5,11 +5,13 @@
 //! task wrote in a transaction it then abandoned, and the same records again
 //! when the upstream task redoes that work. Each repartition record names its
 //! input ([`super::provenance`]): the source topic, partition, offset, and its
-//! rank among the outputs of that input. Records from one source partition
-//! arrive in that order, so a task skips any record whose provenance is not
-//! after the last one it applied from that source partition. Processing must
-//! be deterministic for the redone records to equal the abandoned ones.
-//! With Apache Kafka, which hides aborted records, nothing is ever skipped.
+//! rank among the outputs of that input. On one repartition topic, records
+//! from one source partition arrive in that order (those of two repartition
+//! topics interleave arbitrarily), so a task skips any record whose
+//! provenance is not after the last one it applied from that source
+//! partition through that repartition topic. Processing must be
+//! deterministic for the redone records to equal the abandoned ones. With
+//! Apache Kafka, which hides aborted records, nothing is ever skipped.
 //!
 //! What a task has seen is part of its state: it is written to the task's
 //! first changelog (keys starting with [`PREFIX`]) in the same commit as the
@@ -28,11 +30,15 @@ const PREFIX: &[u8] = b"\xffstream-core\xffseen\xff";
 /// Where one source partition was last seen: offset, then rank.
 type Position = (i64, u32);
 
-/// The provenance a task has applied, per source partition.
+/// A source partition as seen through one repartition topic:
+/// `<repartition topic>/<source topic>` (no topic name holds a `/`), partition.
+type Source = (String, u32);
+
+/// The provenance a task has applied, per repartition topic and source partition.
 #[derive(Default)]
 pub(crate) struct Seen {
-    last: HashMap<(String, u32), Position>,
-    changed: HashSet<(String, u32)>,
+    last: HashMap<Source, Position>,
+    changed: HashSet<Source>,
 }
 
 fn parse<T: std::str::FromStr>(headers: &Headers, name: &str) -> Option<T> {
@@ -40,16 +46,17 @@ fn parse<T: std::str::FromStr>(headers: &Headers, name: &str) -> Option<T> {
 }
 
 /// The changelog record (key, value) saying that `source` was seen up to `position`.
-fn entry(source: &(String, u32), (offset, rank): &Position) -> (Vec<u8>, Vec<u8>) {
+fn entry(source: &Source, (offset, rank): &Position) -> (Vec<u8>, Vec<u8>) {
     let mut value = offset.to_be_bytes().to_vec();
     value.extend_from_slice(&rank.to_be_bytes());
     (source_key(PREFIX, &source.0, source.1), value)
 }
 
 impl Seen {
-    /// Whether a record with these headers was already applied; records
-    /// without provenance are never duplicates. Remembers the record otherwise.
-    pub(crate) fn is_duplicate(&mut self, headers: &Headers) -> bool {
+    /// Whether a record read from repartition topic `via` with these
+    /// headers was already applied; records without provenance are never
+    /// duplicates. Remembers the record otherwise.
+    pub(crate) fn is_duplicate(&mut self, via: &str, headers: &Headers) -> bool {
         let (Some(topic), Some(partition), Some(offset)) = (
             headers.get_str(provenance::TOPIC),
             parse::<u32>(headers, provenance::PARTITION),
@@ -58,7 +65,7 @@ impl Seen {
             return false;
         };
         let position = (offset, parse::<u32>(headers, provenance::RANK).unwrap_or(0));
-        let source = (topic.to_string(), partition);
+        let source = (format!("{via}/{topic}"), partition);
         match self.last.get(&source) {
             Some(last) if position <= *last => true,
             _ => {
@@ -90,7 +97,14 @@ impl Seen {
         key.starts_with(PREFIX)
     }
 
-    /// Applies one restored entry; malformed entries are ignored.
+    /// Drops the changes since [`Seen::take_changes`] (a task without
+    /// changelogs has nowhere to write them).
+    pub(crate) fn forget_changes(&mut self) {
+        self.changed.clear();
+    }
+
+    /// Applies one restored entry; malformed entries, and those written
+    /// before entries named their repartition topic, are ignored.
     pub(crate) fn restore(&mut self, key: &[u8], value: &[u8]) {
         let (Some(source), Ok(offset), Ok(rank)) = (
             parse_source_key(PREFIX, key),
@@ -99,6 +113,9 @@ impl Seen {
         ) else {
             return;
         };
+        if !source.0.contains('/') {
+            return;
+        }
         self.last.insert(source, (i64::from_be_bytes(offset), u32::from_be_bytes(rank)));
     }
 }
@@ -119,25 +136,35 @@ mod tests {
     #[test]
     fn records_not_after_the_last_applied_are_duplicates() {
         let mut seen = Seen::default();
-        assert!(!seen.is_duplicate(&headers(10, None)));
-        assert!(!seen.is_duplicate(&headers(10, Some(1))), "second output of the same input");
-        assert!(seen.is_duplicate(&headers(10, None)));
-        assert!(seen.is_duplicate(&headers(9, None)));
-        assert!(!seen.is_duplicate(&headers(11, None)));
-        assert!(!seen.is_duplicate(&Headers::new()), "no provenance, no de-duplication");
+        assert!(!seen.is_duplicate("r", &headers(10, None)));
+        assert!(!seen.is_duplicate("r", &headers(10, Some(1))), "second output of the same input");
+        assert!(seen.is_duplicate("r", &headers(10, None)));
+        assert!(seen.is_duplicate("r", &headers(9, None)));
+        assert!(!seen.is_duplicate("r", &headers(11, None)));
+        assert!(!seen.is_duplicate("r", &Headers::new()), "no provenance, no de-duplication");
+    }
+
+    #[test]
+    fn each_repartition_topic_is_followed_on_its_own() {
+        let mut seen = Seen::default();
+        assert!(!seen.is_duplicate("left", &headers(10, None)));
+        assert!(!seen.is_duplicate("left", &headers(11, None)));
+        assert!(!seen.is_duplicate("right", &headers(10, Some(1))), "same input, other repartition topic");
+        assert!(seen.is_duplicate("right", &headers(10, Some(1))));
     }
 
     #[test]
     fn entries_survive_the_changelog() {
         let mut seen = Seen::default();
-        seen.is_duplicate(&headers(41, Some(3)));
+        seen.is_duplicate("r", &headers(41, Some(3)));
         let mut restored = Seen::default();
         for (key, value) in seen.take_changes() {
             assert!(Seen::is_entry(&key));
             restored.restore(&key, &value);
         }
-        assert!(restored.is_duplicate(&headers(41, Some(3))));
-        assert!(!restored.is_duplicate(&headers(41, Some(4))));
+        assert!(restored.is_duplicate("r", &headers(41, Some(3))));
+        assert!(!restored.is_duplicate("r", &headers(41, Some(4))));
+        assert!(!restored.is_duplicate("other", &headers(41, Some(3))));
         assert!(!seen.has_changes());
     }
 }

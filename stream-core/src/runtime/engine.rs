@@ -26,6 +26,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::checkpoint::Checkpoint;
 use super::dedupe::Seen;
 use super::metrics::{MetricsHandle, TaskStatus};
+use super::query::Views;
 use super::restore;
 use super::retry::Waiting;
 use super::writer::{self, Writer};
@@ -33,7 +34,7 @@ use super::{now_millis, provenance, RuntimeConfig, RuntimeError};
 use crate::error::StreamError;
 use crate::metrics::TaskMetrics;
 use crate::record::{Headers, OutputRecord, RawRecord, RecordMetadata};
-use crate::task::Task;
+use crate::task::{StreamClock, Task};
 use crate::topology::{TaskId, Topology};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -95,6 +96,8 @@ struct Running {
     /// Input positions of its last commit (or of the commit it restored).
     committed: HashMap<(String, i32), i64>,
     seen: Seen,
+    /// Stream clock of its last commit (or of the commit it restored).
+    clock: Option<StreamClock>,
     restored: u64,
 }
 
@@ -129,6 +132,8 @@ pub(super) struct Engine {
     /// Store records restored, over all restorations.
     restored: u64,
     pub(super) metrics: MetricsHandle,
+    /// The stores of the open tasks, for [`super::StoreReader`].
+    pub(super) views: Views,
 }
 
 /// Who reads a source topic.
@@ -227,6 +232,7 @@ impl Opener<'_> {
                 positions: HashMap::new(),
                 committed: restored.positions,
                 seen: restored.seen,
+                clock: restored.clock,
                 restored: restored.records,
             });
         }
@@ -266,6 +272,7 @@ impl Engine {
             duplicates: 0,
             restored: 0,
             metrics,
+            views: Views::default(),
         }
     }
 
@@ -477,6 +484,9 @@ impl Engine {
                 }
             }
             tracing::info!(task = %id, session = %running.session, positions = %positions.join(" "), "task opened");
+            if let Ok(mut views) = self.views.write() {
+                views.insert(id, running.task.views());
+            }
             self.tasks.insert(id, running);
         }
         self.publish_metrics(None);
@@ -499,7 +509,7 @@ impl Engine {
         };
         running.positions.insert((meta.topic.clone(), meta.partition as i32), meta.offset + 1);
         let raw = raw_record(message);
-        if reader.repartition && running.seen.is_duplicate(&raw.headers) {
+        if reader.repartition && running.seen.is_duplicate(&meta.topic, &raw.headers) {
             self.duplicates += 1;
             return Ok(());
         }
@@ -583,6 +593,11 @@ impl Engine {
         running.task.prepare_commit(&tag);
         let mut outputs = Vec::new();
         running.task.swap_output(&mut outputs);
+        let changelogs = running.task.changelogs();
+        if changelogs.is_empty() {
+            // Without a changelog, what the task saw lasts for this session only.
+            running.seen.forget_changes();
+        }
         let idle = outputs.is_empty() && running.positions.is_empty() && !running.seen.has_changes();
         if idle && !running.writer.is_open() {
             return Ok(None);
@@ -590,15 +605,16 @@ impl Engine {
         for record in outputs {
             running.writer.send(&record, &[])?;
         }
-        let changelogs = running.task.changelogs();
         let entry = |topic: &Arc<str>, key: Vec<u8>, value: Vec<u8>| OutputRecord {
             topic: topic.clone(),
             partition: Some(id.partition),
             record: RawRecord { key: Some(key), value: Some(value), timestamp: now_millis(), headers: tag.clone() },
         };
+        let clock = running.task.stream_clock();
         if let Some(first) = changelogs.first() {
             let positions = running.positions.iter().map(|((t, p), o)| restore::position_entry(t, *p, *o));
-            for (key, value) in running.seen.take_changes().into_iter().chain(positions) {
+            let clock = (running.clock.as_ref() != Some(&clock)).then(|| restore::clock_entry(&clock));
+            for (key, value) in running.seen.take_changes().into_iter().chain(positions).chain(clock) {
                 running.writer.send(&entry(first, key, value), &[])?;
             }
             // The commit records go last, once everything else is stored: a
@@ -606,7 +622,7 @@ impl Engine {
             // included, even if the transaction is then abandoned.
             running.writer.flush()?;
             for changelog in changelogs {
-                let (key, value) = restore::commit_record(&running.session, number);
+                let (key, value) = restore::commit_record(&running.session, number, changelogs);
                 running.writer.send(&entry(changelog, key, value), &[])?;
             }
         }
@@ -617,6 +633,7 @@ impl Engine {
         running.writer.commit(&offsets, group)?;
         tracing::debug!(task = %id, number, ?offsets, "committed");
         running.commits = number;
+        running.clock = Some(clock);
         for ((topic, partition), offset) in running.positions.drain() {
             running.committed.insert((topic.to_string(), partition), offset);
         }
@@ -662,6 +679,10 @@ impl Engine {
     /// Closes a task; if it was `committed` just before, its stores hold
     /// the state of its last commit, which a local checkpoint records.
     fn close(&mut self, id: TaskId, mut running: Running, committed: bool) {
+        // Waits for the queries reading its stores (see `StoreReader::each`).
+        if let Ok(mut views) = self.views.write() {
+            views.remove(&id);
+        }
         self.closed.add(running.task.metrics());
         running.task.close();
         let partition = id.partition as i32;
@@ -676,8 +697,14 @@ impl Engine {
         };
         let positions =
             running.committed.iter().map(|((topic, p), offset)| restore::position_entry(topic, *p, *offset));
-        let checkpoint = Checkpoint { changelogs, entries: positions.chain(running.seen.entries()).collect() };
-        // The stores close before the checkpoint says what they hold.
+        let clock = running.clock.as_ref().map(restore::clock_entry);
+        let entries = positions.chain(running.seen.entries()).chain(clock).collect();
+        let checkpoint = Checkpoint { changelogs, entries };
+        // The stores are synced and closed before the checkpoint says what they hold.
+        if let Err(error) = running.task.sync() {
+            tracing::warn!(task = %id, %error, "cannot sync the stores: no local checkpoint");
+            return;
+        }
         drop(running.task);
         if let Err(error) = checkpoint.write(&self.config.streams, id) {
             tracing::warn!(task = %id, %error, "cannot write the local checkpoint");
@@ -721,20 +748,6 @@ impl Engine {
                 m.commit_latency_total += latency;
             }
         });
-    }
-
-    /// Runs `f` on store `name` of every task that has one.
-    pub(super) fn for_each_store(
-        &mut self,
-        name: &str,
-        mut f: impl FnMut(&mut dyn crate::state::KeyValueStore) -> Result<(), crate::error::StoreError>,
-    ) -> Result<(), crate::error::StoreError> {
-        for running in self.tasks.values_mut() {
-            if let Some(store) = running.task.store_mut(name) {
-                f(store)?;
-            }
-        }
-        Ok(())
     }
 
     /// Counters summed over all tasks run so far, without copying the rest.

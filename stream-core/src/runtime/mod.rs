@@ -106,12 +106,20 @@ pub mod provenance {
     /// Rank of the record among the outputs of that input, as decimal text;
     /// absent for the first (rank 0).
     pub const RANK: &str = "stream.source.rank";
+
+    /// Whether `header` is one of these names. The runtime replaces them on
+    /// every output: an output never inherits its input's provenance.
+    pub fn is_named(header: &str) -> bool {
+        [TOPIC, PARTITION, OFFSET, RANK].contains(&header)
+    }
 }
 
 /// A topology running on Kafka; see the [module docs](self).
 pub struct Runtime {
     /// Its context owns the tasks (see [`Rebalancing`]).
     consumer: BaseConsumer<Rebalancing>,
+    /// The stores of the open tasks, read without the engine (see [`StoreReader`]).
+    views: query::Views,
 }
 
 pub(crate) fn now_millis() -> i64 {
@@ -175,6 +183,7 @@ impl Runtime {
         })?;
         let engine = Engine::new(topology, config.clone(), partitions, shared, metrics.clone());
         let topics = engine.source_topics();
+        let views = engine.views.clone();
         let context = Rebalancing::new(Arc::new(Mutex::new(engine)), metrics);
         let mut client = config.client(ClientKind::Consumer);
         if !config.has_property(ClientKind::Consumer, "fetch.queue.backoff.ms") {
@@ -194,7 +203,7 @@ impl Runtime {
             .set("statistics.interval.ms", "1000")
             .create_with_context(context)?;
         consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
-        Ok(Runtime { consumer })
+        Ok(Runtime { consumer, views })
     }
 
     fn engine(&self) -> Result<MutexGuard<'_, Engine>, RuntimeError> {
@@ -233,7 +242,7 @@ impl Runtime {
 
     /// A reader of this runtime's stores for another thread (interactive queries).
     pub fn store_reader(&self) -> StoreReader {
-        StoreReader(self.consumer.context().engine.clone())
+        StoreReader(self.views.clone())
     }
 
     /// A handle on the metrics for another thread.

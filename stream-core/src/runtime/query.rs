@@ -1,22 +1,26 @@
 //! Interactive queries: reading a running application's stores from another
 //! thread (an HTTP endpoint, a status command).
 
-use std::ops::Bound;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
-use super::engine::Engine;
 use crate::error::StoreError;
 use crate::serdes::Serde;
-use crate::state::Store;
-use crate::task::Scratch;
+use crate::state::StoreView;
+use crate::topology::TaskId;
+
+/// The stores of the open tasks, by task: (store name, view of its committed state).
+pub(super) type Views = Arc<RwLock<BTreeMap<TaskId, Vec<(String, StoreView)>>>>;
 
 /// Reads the stores of the tasks a runtime currently runs; cheap to clone.
 ///
-/// Reads see the latest writes, including those of the commit in progress.
-/// Each task holds the keys of its partition, so a reader sees the keys of
-/// the partitions assigned to this instance only.
+/// Reads see the state of each task's last commit, and never wait for the
+/// runtime: it goes on processing, committing and restoring meanwhile. Each
+/// task holds the keys of its partition, so a reader sees the keys of the
+/// partitions whose tasks are open on this instance only (not those still
+/// restoring).
 #[derive(Clone)]
-pub struct StoreReader(pub(super) Arc<Mutex<Engine>>);
+pub struct StoreReader(pub(super) Views);
 
 impl StoreReader {
     /// The value of `key` in store `store`, if a task of this instance has it.
@@ -27,14 +31,16 @@ impl StoreReader {
         keys: impl Serde<K>,
         values: impl Serde<V>,
     ) -> Result<Option<V>, StoreError> {
+        let serde = |source| StoreError::Serde { store: store.to_string(), source };
+        let key = keys.encode(key).map_err(serde)?;
         let mut found = None;
-        self.each(store, |inner, scratch| {
+        self.each(store, |view| {
             if found.is_none() {
-                found = Store::new(inner, &keys, &values, scratch).get(key)?;
+                found = view.get(&key)?;
             }
             Ok(())
         })?;
-        Ok(found)
+        found.map(|value| values.decode(&value).map_err(serde)).transpose()
     }
 
     /// Every pair of store `store` held by this instance, in encoded-key order
@@ -45,21 +51,25 @@ impl StoreReader {
         keys: impl Serde<K>,
         values: impl Serde<V>,
     ) -> Result<Vec<(K, V)>, StoreError> {
+        let serde = |source| StoreError::Serde { store: store.to_string(), source };
         let mut pairs = Vec::new();
-        self.each(store, |inner, scratch| {
-            pairs.extend(Store::new(inner, &keys, &values, scratch).range(Bound::Unbounded, Bound::Unbounded)?);
+        self.each(store, |view| {
+            for (key, value) in view.all()? {
+                pairs.push((keys.decode(&key).map_err(serde)?, values.decode(&value).map_err(serde)?));
+            }
             Ok(())
         })?;
         Ok(pairs)
     }
 
-    fn each(
-        &self,
-        store: &str,
-        mut f: impl FnMut(&mut dyn crate::state::KeyValueStore, &Scratch) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let mut engine = self.0.lock().map_err(|_| StoreError::Unavailable)?;
-        let scratch = Scratch::default();
-        engine.for_each_store(store, |inner| f(inner, &scratch))
+    /// Runs `f` on the view of store `store` of every open task that has one.
+    /// The views are held for the call only: a task closing waits for it to
+    /// end before it closes its stores.
+    fn each(&self, store: &str, mut f: impl FnMut(&StoreView) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let views = self.0.read().map_err(|_| StoreError::Unavailable)?;
+        for view in views.values().flatten().filter(|(name, _)| name == store).map(|(_, view)| view) {
+            f(view)?;
+        }
+        Ok(())
     }
 }

@@ -10,11 +10,13 @@
 //! to each of the task's changelogs a *commit record* (same header; the key
 //! names the session, see [`commit_key`]).
 //!
-//! A commit is *complete* when its commit record is in every changelog of
-//! the task. A session only starts a commit once the previous one is
-//! committed, so its complete commits are 1 to the last one with commit
-//! records; restoration applies, in log order, the records of those and
-//! nothing else. Neither the consumer group's committed offsets nor the
+//! A commit is *complete* when its commit record is in every changelog the
+//! commit wrote to (each commit record names them: a store added to the
+//! task since holds no commit records of earlier sessions, and does not make
+//! their commits incomplete). A session only starts a commit once the
+//! previous one is committed, so its complete commits are 1 to the last one
+//! with commit records; restoration applies, in log order, the records of
+//! those and nothing else. Neither the consumer group's committed offsets nor the
 //! broker hiding aborted records are needed:
 //!
 //! - with Apache Kafka, which hides aborted records from `read_committed`
@@ -51,7 +53,7 @@ use super::dedupe::Seen;
 use super::writer::Writer;
 use super::{ClientKind, RuntimeConfig, RuntimeError};
 use crate::record::Headers;
-use crate::task::Task;
+use crate::task::{StreamClock, Task};
 use crate::topology::TaskId;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -104,6 +106,28 @@ fn parse_position(key: &[u8], value: &[u8]) -> Option<((String, i32), i64)> {
     Some(((topic, partition as i32), i64::from_be_bytes(value.try_into().ok()?)))
 }
 
+/// Key of the stream clock a task writes to its first changelog when it
+/// changed since its last commit; the value is the stream time, then when
+/// each stream-time punctuation is due (8 bytes each, big-endian; `i64::MIN`
+/// for none). Restored with the stores, as Kafka Streams keeps partition time
+/// with the committed offsets.
+const CLOCK_KEY: &[u8] = b"\xffstream-core\xffclock";
+
+/// The changelog record (key, value) keeping `clock`.
+pub(crate) fn clock_entry(clock: &StreamClock) -> (Vec<u8>, Vec<u8>) {
+    let times = std::iter::once(clock.time).chain(clock.due.iter().map(|due| due.unwrap_or(i64::MIN)));
+    (CLOCK_KEY.to_vec(), times.flat_map(i64::to_be_bytes).collect())
+}
+
+fn parse_clock(key: &[u8], value: &[u8]) -> Option<StreamClock> {
+    if key != CLOCK_KEY || value.is_empty() || !value.len().is_multiple_of(8) {
+        return None;
+    }
+    let mut times = value.chunks_exact(8).map(|c| i64::from_be_bytes(c.try_into().unwrap_or_default()));
+    let time = times.next()?;
+    Some(StreamClock { time, due: times.map(|t| (t != i64::MIN).then_some(t)).collect() })
+}
+
 /// A new session id for an opening of task `id`, used by no other opening.
 pub(crate) fn session_id(id: TaskId) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -115,11 +139,18 @@ pub(crate) fn commit_headers(session: &str, number: u64) -> Headers {
     Headers::new().with(COMMIT_HEADER, format!("{session}/{number}"))
 }
 
-/// The commit record (key, value) of commit `number` of `session`: the key
-/// is [`COMMIT_PREFIX`] and the session, the value the number (8 bytes,
-/// big-endian; not empty, which compaction would take for a deletion).
-pub(crate) fn commit_record(session: &str, number: u64) -> (Vec<u8>, Vec<u8>) {
-    (commit_key(session), number.to_be_bytes().to_vec())
+/// The commit record (key, value) of commit `number` of `session`, which
+/// wrote to `changelogs`: the key is [`COMMIT_PREFIX`] and the session; the
+/// value the number (8 bytes, big-endian; so never empty, which compaction
+/// would take for a deletion), then the changelogs' names, each followed by
+/// a newline (which no topic name holds).
+pub(crate) fn commit_record(session: &str, number: u64, changelogs: &[impl AsRef<str>]) -> (Vec<u8>, Vec<u8>) {
+    let mut value = number.to_be_bytes().to_vec();
+    for changelog in changelogs {
+        value.extend_from_slice(changelog.as_ref().as_bytes());
+        value.push(b'\n');
+    }
+    (commit_key(session), value)
 }
 
 /// Whether `key` is that of a restore marker or a commit record: where a
@@ -147,6 +178,8 @@ pub(crate) struct Restored {
     pub(crate) positions: HashMap<(String, i32), i64>,
     /// The provenance already processed by the task (see [`Seen`]).
     pub(crate) seen: Seen,
+    /// The stream clock of that commit, if the task kept one.
+    pub(crate) clock: Option<StreamClock>,
     /// Records applied to stores.
     pub(crate) records: u64,
 }
@@ -156,34 +189,47 @@ struct Marker {
     token: String,
 }
 
-/// The last commit of each session whose commit record is in one changelog
-/// partition.
+/// The commit records found in one changelog partition: the last commit of
+/// each session, and the changelogs that session's commits wrote to.
 #[derive(Default)]
 struct Completion {
     last: HashMap<String, u64>,
+    /// Absent for commit records that do not name their changelogs (written
+    /// by earlier versions: they spanned every changelog of the task).
+    spans: HashMap<String, Vec<String>>,
 }
 
 impl Completion {
-    /// Takes a record written by commit `number` of `session`.
-    fn read(&mut self, session: &str, number: u64, key: &[u8]) {
-        if key.starts_with(COMMIT_PREFIX) {
-            match self.last.get_mut(session) {
-                Some(last) => *last = (*last).max(number),
-                None => {
-                    self.last.insert(session.to_string(), number);
-                }
-            }
+    /// Takes a record (`key`, `value`) written by commit `number` of `session`.
+    fn read(&mut self, session: &str, number: u64, key: &[u8], value: &[u8]) {
+        if !key.starts_with(COMMIT_PREFIX) {
+            return;
+        }
+        let last = self.last.entry(session.to_string()).or_default();
+        *last = (*last).max(number);
+        let names = value.get(8..).unwrap_or_default().split(|b| *b == b'\n').filter(|n| !n.is_empty());
+        let names: Vec<String> = names.map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+        if !names.is_empty() {
+            self.spans.insert(session.to_string(), names);
         }
     }
+}
 
-    /// Keeps, of each session, the commits complete here and in `other` (another changelog).
-    fn intersect(mut self, other: &HashMap<String, u64>) -> HashMap<String, u64> {
-        self.last.retain(|session, last| {
-            *last = (*last).min(other.get(session).copied().unwrap_or(0));
-            *last > 0
-        });
-        self.last
+/// Of each session, the last commit whose commit record is in every
+/// changelog it wrote to, given the commit records of each changelog of the
+/// task. A changelog it wrote to that the task no longer has is not read.
+fn complete_commits(logs: &[(&String, Completion)]) -> HashMap<String, u64> {
+    let sessions: std::collections::HashSet<&String> = logs.iter().flat_map(|(_, c)| c.last.keys()).collect();
+    let mut complete = HashMap::new();
+    for session in sessions {
+        let spans = logs.iter().find_map(|(_, c)| c.spans.get(session));
+        let spanned = logs.iter().filter(|(topic, _)| spans.is_none_or(|s| s.contains(topic)));
+        let last = spanned.map(|(_, c)| c.last.get(session).copied().unwrap_or(0)).min().unwrap_or(0);
+        if last > 0 {
+            complete.insert(session.clone(), last);
+        }
     }
+    complete
 }
 
 /// The two readers of a restoration: `read_committed`, and
@@ -312,7 +358,7 @@ pub(crate) fn restore(
     (id, session): (TaskId, &str),
     checkpoint: Option<&Checkpoint>,
 ) -> Result<Option<Restored>, RuntimeError> {
-    let mut restored = Restored { positions: HashMap::new(), seen: Seen::default(), records: 0 };
+    let mut restored = Restored { positions: HashMap::new(), seen: Seen::default(), clock: None, records: 0 };
     let changelogs: Vec<String> = task.changelogs().iter().map(|t| t.to_string()).collect();
     if changelogs.is_empty() {
         return Ok(Some(restored));
@@ -346,24 +392,21 @@ pub(crate) fn restore(
     }
     let start = |topic: &String| starts.get(topic).copied().unwrap_or(Offset::Beginning);
 
-    // First pass: the last complete commit of each session, in every changelog.
-    let mut complete: Option<HashMap<String, u64>> = None;
+    // First pass: the last complete commit of each session.
+    let mut logs = Vec::new();
     let mut stalls = HashMap::new();
     for topic in &changelogs {
         let mut completion = Completion::default();
         let stall = replay(&readers, (topic, partition, start(topic)), session, None, |message| {
             if let (Some((session, number)), Some(key)) = (commit_of(message), message.key()) {
-                completion.read(session, number, key);
+                completion.read(session, number, key, message.payload().unwrap_or_default());
             }
             Ok(())
         })?;
         stalls.insert(topic, stall);
-        complete = Some(match &complete {
-            None => completion.last,
-            Some(other) => completion.intersect(other),
-        });
+        logs.push((topic, completion));
     }
-    let complete = complete.unwrap_or_default();
+    let complete = complete_commits(&logs);
     tracing::debug!(task = %id, ?complete, "last complete commit of each session");
 
     // Second pass: apply the records of those commits.
@@ -375,6 +418,9 @@ pub(crate) fn restore(
             true
         } else if Seen::is_entry(key) {
             seen_records.insert(key.to_vec(), value.to_vec());
+            true
+        } else if key == CLOCK_KEY {
+            restored.clock = parse_clock(key, value);
             true
         } else {
             false
@@ -409,6 +455,9 @@ pub(crate) fn restore(
     for (key, value) in seen_records {
         restored.seen.restore(&key, &value);
     }
+    if let Some(clock) = &restored.clock {
+        task.set_stream_clock(clock);
+    }
     task.commit()?;
     tracing::info!(task = %id, records = restored.records, skipped, checkpoint = checkpoint.is_some(),
         elapsed_ms = started.elapsed().as_millis() as u64, "restored stores from changelogs");
@@ -417,14 +466,21 @@ pub(crate) fn restore(
 
 #[cfg(test)]
 mod tests {
-    use super::{commit_record, Completion};
+    use super::{commit_record, complete_commits, Completion};
+
+    const BOTH: [&str; 2] = ["first", "second"];
 
     fn read(log: &mut Completion, session: &str, number: u64, key: &[u8]) {
-        log.read(session, number, key);
+        log.read(session, number, key, b"value");
     }
 
     fn commit(log: &mut Completion, session: &str, number: u64) {
-        log.read(session, number, &commit_record(session, number).0);
+        commit_spanning(log, session, number, &BOTH);
+    }
+
+    fn commit_spanning(log: &mut Completion, session: &str, number: u64, changelogs: &[&str]) {
+        let (key, value) = commit_record(session, number, changelogs);
+        log.read(session, number, &key, &value);
     }
 
     #[test]
@@ -452,8 +508,34 @@ mod tests {
         for number in 1..=2 {
             commit(&mut second, "a", number);
         }
-        let complete = second.intersect(&first.last);
+        let names = BOTH.map(String::from);
+        let complete = complete_commits(&[(&names[0], first), (&names[1], second)]);
         assert_eq!(complete.get("a"), Some(&2));
         assert_eq!(complete.get("b"), None);
+    }
+
+    #[test]
+    fn a_changelog_added_since_does_not_make_earlier_commits_incomplete() {
+        // Session a ran with store "first" only; session b with both.
+        let mut first = Completion::default();
+        for number in 1..=3 {
+            commit_spanning(&mut first, "a", number, &["first"]);
+        }
+        commit(&mut first, "b", 1);
+        let mut second = Completion::default();
+        commit(&mut second, "b", 1);
+        let names = BOTH.map(String::from);
+        let complete = complete_commits(&[(&names[0], first), (&names[1], second)]);
+        assert_eq!(complete.get("a"), Some(&3));
+        assert_eq!(complete.get("b"), Some(&1));
+    }
+
+    #[test]
+    fn commit_records_that_name_no_changelog_span_them_all() {
+        let mut first = Completion::default();
+        first.read("a", 1, &commit_record("a", 1, &[] as &[&str]).0, &1u64.to_be_bytes());
+        let names = BOTH.map(String::from);
+        let complete = complete_commits(&[(&names[0], first), (&names[1], Completion::default())]);
+        assert!(complete.is_empty());
     }
 }

@@ -187,14 +187,17 @@ impl Writer {
         matches!(self, Writer::Transactional(_, true))
     }
 
-    /// Sends `record` with `extra` headers added (replacing same-named ones).
-    pub(crate) fn send(&mut self, record: &OutputRecord, extra: &[(&str, &[u8])]) -> Result<(), RuntimeError> {
+    /// Sends `record` with the `provenance` headers of the input that
+    /// produced it, which replace any the record carries (inherited from an
+    /// input written by another application, say).
+    pub(crate) fn send(&mut self, record: &OutputRecord, provenance: &[(&str, &[u8])]) -> Result<(), RuntimeError> {
         let producer = self.producer()?;
-        let mut headers = OwnedHeaders::new_with_capacity(record.record.headers.len() + extra.len());
-        for (key, value) in record.record.headers.iter().filter(|(k, _)| !extra.iter().any(|(e, _)| e == k)) {
+        let mut headers = OwnedHeaders::new_with_capacity(record.record.headers.len() + provenance.len());
+        let stamped = !provenance.is_empty();
+        for (key, value) in record.record.headers.iter().filter(|(k, _)| !(stamped && super::provenance::is_named(k))) {
             headers = headers.insert(Header { key, value: Some(value) });
         }
-        for (key, value) in extra {
+        for (key, value) in provenance {
             headers = headers.insert(Header { key, value: Some(*value) });
         }
         let mut out = BaseRecord::to(&record.topic).timestamp(record.record.timestamp).headers(headers);
@@ -281,7 +284,7 @@ impl Writer {
     /// way fails if a record was not delivered.
     fn commit_records(&mut self) -> Result<(), RuntimeError> {
         self.flush()?;
-        if let Writer::Transactional(producer, open) = self {
+        if let Writer::Transactional(producer, open @ true) = self {
             *open = false;
             producer.commit_transaction(TIMEOUT)?;
         }

@@ -15,12 +15,14 @@ mod memory;
 mod rocks;
 mod staged;
 mod typed;
+mod view;
 
 use std::ops::Bound;
 
 pub use memory::InMemoryStore;
 pub use rocks::{RocksDbInstance, RocksDbStore};
 pub use typed::Store;
+pub(crate) use view::StoreView;
 
 use crate::error::StoreError;
 
@@ -79,6 +81,12 @@ pub trait KeyValueStore: Send {
 
     /// Discards the staged writes.
     fn abort(&mut self);
+
+    /// Waits until what was committed would survive a power loss (before a
+    /// local checkpoint says the store holds it). Nothing to do by default.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Where a task keeps its stores.
@@ -112,16 +120,32 @@ impl StateBackend {
         task: &str,
         names: &[String],
     ) -> Result<Vec<Box<dyn KeyValueStore>>, StoreError> {
+        Ok(self.open_viewed(application, task, names)?.into_iter().map(|(store, _)| store).collect())
+    }
+
+    /// Opens the stores of one task, each with a view of its committed state.
+    pub(crate) fn open_viewed(
+        &self,
+        application: &str,
+        task: &str,
+        names: &[String],
+    ) -> Result<Vec<(Box<dyn KeyValueStore>, StoreView)>, StoreError> {
         match self {
-            StateBackend::InMemory => {
-                Ok(names.iter().map(|n| Box::new(InMemoryStore::new(n.clone())) as Box<dyn KeyValueStore>).collect())
-            }
+            StateBackend::InMemory => Ok(names
+                .iter()
+                .map(|n| {
+                    let store = InMemoryStore::new(n.clone());
+                    let view = store.base().view();
+                    (Box::new(store) as Box<dyn KeyValueStore>, view)
+                })
+                .collect()),
             StateBackend::RocksDb(dir) => {
                 if names.is_empty() {
                     return Ok(Vec::new());
                 }
                 let instance = RocksDbInstance::open(dir.join(application).join(task), names)?;
-                names.iter().map(|n| instance.store(n).map(|s| Box::new(s) as Box<dyn KeyValueStore>)).collect()
+                let open = |n: &String| Ok((Box::new(instance.store(n)?) as Box<dyn KeyValueStore>, instance.view(n)));
+                names.iter().map(open).collect()
             }
         }
     }

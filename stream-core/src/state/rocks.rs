@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
 
 use super::staged::{Changes, Committed, Staged};
+use super::view::StoreView;
 use super::KvIter;
 use crate::error::StoreError;
 
@@ -39,6 +40,11 @@ impl RocksDbInstance {
         let families = stores.iter().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&options, path.as_ref(), families).map_err(rocks_err("<instance>"))?;
         Ok(RocksDbInstance { db: Arc::new(db) })
+    }
+
+    /// A view of the committed state of the store kept in column family `name`.
+    pub(crate) fn view(&self, name: &str) -> StoreView {
+        StoreView::RocksDb { db: self.db.clone(), name: name.to_string() }
     }
 
     /// The store kept in column family `name`.
@@ -106,5 +112,11 @@ impl Committed for RocksBase {
             }
         }
         self.db.write(batch).map_err(rocks_err(name))
+    }
+
+    /// Writes are not synced one by one (a commit is durable in the
+    /// changelog first); syncing the write-ahead log makes all of them durable.
+    fn sync(&self, name: &str) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(rocks_err(name))
     }
 }

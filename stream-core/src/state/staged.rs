@@ -19,6 +19,8 @@ pub trait Committed: Send {
     fn with_value(&self, name: &str, key: &[u8], f: &mut dyn FnMut(Option<&[u8]>)) -> Result<(), StoreError>;
     fn range<'a>(&'a self, name: &str, from: Bound<&[u8]>, to: Bound<&[u8]>) -> Result<KvIter<'a>, StoreError>;
     fn apply(&mut self, name: &str, changes: &Changes) -> Result<(), StoreError>;
+    /// See [`KeyValueStore::sync`].
+    fn sync(&self, name: &str) -> Result<(), StoreError>;
 }
 
 /// A store made of a committed base and staged changes.
@@ -33,6 +35,10 @@ pub struct Staged<C> {
 impl<C: Committed> Staged<C> {
     pub(crate) fn with_base(name: String, base: C) -> Self {
         Staged { name, base, staged: HashMap::new(), undo: Vec::new() }
+    }
+
+    pub(crate) fn base(&self) -> &C {
+        &self.base
     }
 
     fn stage(&mut self, key: &[u8], change: Option<Vec<u8>>) {
@@ -127,6 +133,10 @@ impl<C: Committed> KeyValueStore for Staged<C> {
     fn abort(&mut self) {
         self.staged.clear();
         self.undo.clear();
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.base.sync(&self.name)
     }
 }
 

@@ -15,9 +15,15 @@ use crate::error::{Result, StoreError, StreamError};
 use crate::metrics::TaskMetrics;
 use crate::processor::PunctuationType;
 use crate::record::{OutputRecord, RawRecord, RecordMetadata};
-use crate::state::KeyValueStore;
+use crate::state::{KeyValueStore, StoreView};
 use crate::topology::{TaskId, Topology};
 use node::Node;
+
+/// Most changelog records restored into a store before they are written to
+/// its committed base: restoration runs in memory bounded by this, not by the
+/// changelog's length. (A restoration cut short leaves no local checkpoint,
+/// so the stores it wrote to are rebuilt from empty.)
+const RESTORE_BATCH: usize = 10_000;
 
 /// A punctuation registered by a processor.
 struct Schedule {
@@ -117,6 +123,16 @@ impl TaskCore {
     }
 }
 
+/// A task's stream time and when each of its stream-time punctuations is
+/// due next (in the order they were scheduled; `None` before the first
+/// record): what a commit keeps so that, after a restart, windows close and
+/// punctuations fire as they would have without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StreamClock {
+    pub(crate) time: i64,
+    pub(crate) due: Vec<Option<i64>>,
+}
+
 /// One task: a sub-topology instantiated for one input partition.
 pub(crate) struct Task {
     id: TaskId,
@@ -125,8 +141,12 @@ pub(crate) struct Task {
     sources: Vec<(Arc<str>, usize)>,
     /// Changelog topic of each store.
     changelogs: Vec<Arc<str>>,
+    /// A view of each store's committed state.
+    views: Vec<StoreView>,
     on_deserialization_error: ErrorPolicy,
     on_processing_error: ErrorPolicy,
+    /// Records restored since the stores were last committed.
+    restored: usize,
 }
 
 impl Task {
@@ -141,7 +161,7 @@ impl Task {
         let app = config.application_id.as_str();
         let sub = topology.subtopology(id.subtopology)?;
         let local: HashMap<usize, usize> = sub.nodes.iter().enumerate().map(|(l, &g)| (g, l)).collect();
-        let stores = config.state.open_task_stores(app, &id.to_string(), &sub.stores)?;
+        let (stores, views) = config.state.open_viewed(app, &id.to_string(), &sub.stores)?.into_iter().unzip();
         let mut nodes = Vec::with_capacity(sub.nodes.len());
         let mut node_stores = Vec::with_capacity(sub.nodes.len());
         let mut sources = Vec::new();
@@ -177,8 +197,10 @@ impl Task {
             core,
             sources,
             changelogs,
+            views,
             on_deserialization_error: config.on_deserialization_error.clone(),
             on_processing_error: config.on_processing_error.clone(),
+            restored: 0,
         };
         for i in 0..task.core.nodes.len() {
             task.core.with_node(i, |n, core| n.init(core, i))?;
@@ -310,6 +332,14 @@ impl Task {
         Ok(())
     }
 
+    /// Makes what the stores committed survive a power loss.
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        for store in &mut self.core.stores {
+            store.sync()?;
+        }
+        Ok(())
+    }
+
     /// Discards staged writes and pending output.
     pub(crate) fn abort(&mut self) {
         self.core.output.clear();
@@ -329,6 +359,26 @@ impl Task {
         &self.core.metrics
     }
 
+    /// The task's stream clock (see [`StreamClock`]).
+    pub(crate) fn stream_clock(&self) -> StreamClock {
+        let stream_time = self.core.schedules.iter().filter(|s| s.kind == PunctuationType::StreamTime);
+        StreamClock { time: self.core.stream_time, due: stream_time.map(|s| s.next).collect() }
+    }
+
+    /// Sets the stream clock a commit kept (before processing starts). The
+    /// punctuations keep their schedule unless they are the same number as
+    /// when it was kept.
+    pub(crate) fn set_stream_clock(&mut self, clock: &StreamClock) {
+        self.core.stream_time = clock.time;
+        let stream_time = |s: &&mut Schedule| s.kind == PunctuationType::StreamTime;
+        let mut schedules: Vec<&mut Schedule> = self.core.schedules.iter_mut().filter(stream_time).collect();
+        if schedules.len() == clock.due.len() {
+            for (schedule, due) in schedules.iter_mut().zip(&clock.due) {
+                schedule.next = *due;
+            }
+        }
+    }
+
     /// The changelog topic of each store of this task, by store index (the
     /// partition is the task's).
     pub(crate) fn changelogs(&self) -> &[Arc<str>] {
@@ -340,18 +390,63 @@ impl Task {
         self.sources.iter().map(|(t, _)| &**t)
     }
 
-    /// Applies one changelog record to store `store` (before processing starts).
+    /// Applies one changelog record to store `store` (before processing
+    /// starts); every [`RESTORE_BATCH`] records, commits the stores.
     pub(crate) fn restore(&mut self, store: usize, key: &[u8], value: Option<&[u8]>) -> Result<()> {
         let store = &mut self.core.stores[store];
+        // No record is being processed: nothing to undo.
+        store.begin_record();
         match value {
             Some(value) => store.put(key, value)?,
             None => store.delete(key)?,
         }
+        self.restored += 1;
+        if self.restored >= RESTORE_BATCH {
+            self.restored = 0;
+            self.commit()?;
+        }
         Ok(())
+    }
+
+    /// The name and a view of the committed state of each store.
+    pub(crate) fn views(&self) -> Vec<(String, StoreView)> {
+        let names = self.core.stores.iter().map(|s| s.name().to_string());
+        names.zip(self.views.iter().cloned()).collect()
     }
 
     /// The store `name` of this task, if it has one.
     pub(crate) fn store_mut(&mut self, name: &str) -> Option<&mut dyn KeyValueStore> {
         self.core.stores.iter_mut().find(|s| s.name() == name).map(|s| &mut **s as &mut dyn KeyValueStore)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::{Task, RESTORE_BATCH};
+    use crate::serdes::{Utf8, I64};
+    use crate::topology::TaskId;
+    use crate::{Consumed, Grouped, StreamsBuilder, StreamsConfig};
+
+    #[test]
+    fn restoration_holds_a_bounded_number_of_records_in_memory() {
+        let builder = StreamsBuilder::new();
+        builder.stream("in", Consumed::with(Utf8, I64)).group_by_key(Grouped::with(Utf8, I64)).count("counts");
+        let topology = builder.build().expect("topology");
+        let config = StreamsConfig::new("app");
+        let id = TaskId { subtopology: 0, partition: 0 };
+        let mut task = Task::new(&topology, id, &config, Arc::new(BTreeMap::new()), 0).expect("task");
+        let records = 5 * RESTORE_BATCH + 17;
+        for i in 0..records {
+            task.restore(0, format!("key-{i}").as_bytes(), Some(&[1])).expect("restore");
+        }
+        let store = task.store_mut("counts").expect("store");
+        assert!(store.pending_changes().len() <= RESTORE_BATCH, "staged: {}", store.pending_changes().len());
+        task.commit().expect("commit");
+        let store = task.store_mut("counts").expect("store");
+        let restored = store.range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded).expect("range").count();
+        assert_eq!(restored, records, "every record reached the store");
     }
 }
