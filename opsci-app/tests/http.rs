@@ -74,10 +74,8 @@ fn the_endpoint_answers_from_the_running_app() {
     // processed, so the fold shows in `/products` at the tasks' next commits.
     let stocks = |body: &str| -> Vec<(i64, i64)> {
         let products: Vec<Value> = serde_json::from_str(body).unwrap_or_default();
-        let mut stocks: Vec<(i64, i64)> = products
-            .iter()
-            .filter_map(|p| Some((p["product"]["id"].as_i64()?, p["stock"].as_i64()?)))
-            .collect();
+        let mut stocks: Vec<(i64, i64)> =
+            products.iter().filter_map(|p| Some((p["product"]["id"].as_i64()?, p["stock"].as_i64()?))).collect();
         stocks.sort();
         stocks
     };

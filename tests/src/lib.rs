@@ -24,6 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub mod deploy;
+pub mod fold;
 pub mod proxy;
 pub mod strapi;
 

@@ -288,3 +288,85 @@ fn queries_answer_while_the_tasks_restore() {
     assert!(answered_while_restoring > 0, "queries waited for the restoration");
     assert_eq!(table.into_iter().collect::<BTreeMap<_, _>>(), fold(&movements));
 }
+
+/// With an incremental rebalance protocol (Kafka's `group.protocol=consumer`,
+/// KIP-848), a third instance joining two busy ones takes its share of the
+/// tasks, and only those are closed on the instances that give them up; the
+/// others keep running, none is reopened. The outputs still equal an
+/// independent fold, each once.
+#[test]
+#[ignore = "written, not yet run against the broker: run with --ignored"]
+fn a_third_instance_joining_moves_only_the_partitions_it_takes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const COOP_PARTITIONS: i32 = 6;
+    // nisshi does not implement KIP-848's group protocol.
+    let broker = Broker::start_kind(integration_tests::BrokerKind::Kafka);
+    broker.create_topic("coop-in", COOP_PARTITIONS);
+    broker.create_topic("coop-out", COOP_PARTITIONS);
+    let mut movements = produce_to(&broker, "coop-in", 0, 3_000);
+    // Each instance's latest metrics; whether to stop.
+    let latest: Arc<Mutex<[RuntimeMetrics; 3]>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = |instance: usize| {
+        let (latest, stop) = (latest.clone(), stop.clone());
+        let bootstrap = broker.bootstrap().to_string();
+        std::thread::spawn(move || {
+            let mut config = RuntimeConfig::new(StreamsConfig::new("coop-app"), bootstrap);
+            config.properties.push(("consumer.group.protocol".into(), "consumer".into()));
+            config.properties.push(("consumer.group.remote.assignor".into(), "range".into()));
+            let mut runtime = Runtime::new(fold_topology("coop-in", "coop-out"), config).expect("runtime");
+            let deadline = Instant::now() + Duration::from_secs(180);
+            runtime
+                .run(|m| {
+                    latest.lock().expect("metrics")[instance] = m.clone();
+                    stop.load(Ordering::SeqCst) || Instant::now() > deadline
+                })
+                .expect("run");
+            runtime.metrics()
+        })
+    };
+    let snapshot = || latest.lock().expect("metrics").clone();
+    let running = |m: &RuntimeMetrics| !m.tasks.is_empty() && m.is_running() && m.totals.records_in > 0;
+    // Waits, with records coming, until `settled` holds for the metrics.
+    let mut from = 3_000;
+    let mut keep_producing = |settled: &dyn Fn(&[RuntimeMetrics; 3]) -> bool, what: &str| {
+        let begun = Instant::now();
+        while !settled(&snapshot()) {
+            assert!(begun.elapsed() < Duration::from_secs(90), "{what}: {:?}", snapshot().map(|m| m.tasks));
+            movements.extend(produce_to(&broker, "coop-in", from, 200));
+            from += 200;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Metrics are copied once per commit interval: let them catch up.
+        std::thread::sleep(Duration::from_secs(1));
+        snapshot()
+    };
+    let shared = |m: &[RuntimeMetrics; 3], n: usize| {
+        m[..n].iter().all(running) && m.iter().map(|m| m.tasks.len()).sum::<usize>() == COOP_PARTITIONS as usize
+    };
+    let (first, second) = (start(0), start(1));
+    let before = keep_producing(&|m| shared(m, 2), "two instances sharing the tasks");
+    let third = start(2);
+    let after = keep_producing(&|m| shared(m, 3), "three instances sharing the tasks");
+    let begun = Instant::now();
+    while snapshot().iter().map(|m| m.totals.records_in).sum::<u64>() < movements.len() as u64 {
+        assert!(begun.elapsed() < Duration::from_secs(60), "the instances did not process every record");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let ends: Vec<RuntimeMetrics> = [first, second, third].into_iter().map(|t| t.join().expect("instance")).collect();
+
+    let taken = after[2].tasks.len() as u64;
+    let closed: u64 = (0..2).map(|i| after[i].tasks_closed - before[i].tasks_closed).sum();
+    let opened: u64 = (0..2).map(|i| after[i].tasks_opened - before[i].tasks_opened).sum();
+    eprintln!("the third instance took {taken} tasks; the two others closed {closed} and opened {opened}");
+    assert!(taken > 0, "the third instance took tasks");
+    assert_eq!(closed, taken, "only the tasks that moved were closed");
+    assert_eq!(opened, 0, "the instances that stayed reopened no task");
+    let processed: u64 = ends.iter().map(|m| m.totals.records_in).sum();
+    assert_eq!(processed, movements.len() as u64, "every record processed once");
+    let outputs = read_outputs(&broker, "coop-out", COOP_PARTITIONS, "coop-in", movements.len());
+    assert_eq!(outputs, fold(&movements));
+}

@@ -80,6 +80,7 @@ impl Checkpoint {
         let partial = path.with_extension("checkpoint.partial");
         let mut file = std::fs::File::create(&partial).map_err(io_error(&partial))?;
         file.write_all(&json).and_then(|()| file.sync_all()).map_err(io_error(&partial))?;
+        super::crash::at("checkpoint_writing");
         std::fs::rename(&partial, &path).map_err(io_error(&path))?;
         let dir = path.parent().unwrap_or(&path);
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))

@@ -18,12 +18,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, RebalanceProtocol,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::checkpoint::Checkpoint;
+use super::crash;
 use super::dedupe::Seen;
 use super::metrics::{MetricsHandle, TaskStatus};
 use super::query::Views;
@@ -177,6 +180,13 @@ fn committed_offset(committed: &TopicPartitionList, topic: &str, partition: i32)
     }
 }
 
+/// Whether the group gives and takes back partitions one by one (the
+/// `cooperative-sticky` assignor, or `group.protocol=consumer`), rather
+/// than all of them at each rebalance.
+fn incremental<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> bool {
+    matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative)
+}
+
 /// What opening a task needs of the engine, shared by the threads that open tasks.
 struct Opener<'a> {
     topology: &'a Topology,
@@ -288,7 +298,18 @@ impl Engine {
         consumer: &BaseConsumer<C>,
         partitions: &TopicPartitionList,
     ) -> Result<(), RuntimeError> {
-        self.assignment = partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let added: Vec<(String, i32)> =
+            partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        if incremental(consumer) {
+            // Added to what the instance has, whose tasks keep running.
+            for partition in added {
+                if !self.assignment.contains(&partition) {
+                    self.assignment.push(partition);
+                }
+            }
+        } else {
+            self.assignment = added;
+        }
         let now = Instant::now();
         let waiting = Waiting::new(format!("Kafka at {} to open tasks", self.config.bootstrap_servers));
         self.pending = Some(Pending { since: now, next_try: now, waiting, reported: false });
@@ -296,9 +317,10 @@ impl Engine {
     }
 
     /// Commits and closes the tasks of the revoked `partitions` (with the
-    /// eager protocol, all of them). A commit that fails for a retriable
-    /// reason leaves them closed without a checkpoint: their next owner
-    /// restores their last complete commit.
+    /// eager protocol, all of them; with an incremental one, those that move
+    /// to another instance, the others going on). A commit that fails for a
+    /// retriable reason leaves them closed without a checkpoint: their next
+    /// owner restores their last complete commit.
     pub(super) fn revoked<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
@@ -306,9 +328,25 @@ impl Engine {
     ) -> Result<(), RuntimeError> {
         let result = self.commit(consumer).map_err(|error| self.cause(error));
         self.close_partitions(partitions, result.is_ok());
-        self.assignment.clear();
-        self.pending = None;
-        consumer.unassign()?;
+        if incremental(consumer) {
+            let revoked: BTreeSet<(String, i32)> =
+                partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            self.assignment.retain(|p| !revoked.contains(p));
+            if self.assignment.is_empty() {
+                self.pending = None;
+            }
+            let mut consumed = TopicPartitionList::new();
+            for element in consumer.assignment()?.elements() {
+                if revoked.contains(&(element.topic().to_string(), element.partition())) {
+                    consumed.add_partition(element.topic(), element.partition());
+                }
+            }
+            consumer.incremental_unassign(&consumed)?;
+        } else {
+            self.assignment.clear();
+            self.pending = None;
+            consumer.unassign()?;
+        }
         match result {
             Err(error) if error.is_retriable() => {
                 tracing::warn!(%error, "commit before the revocation failed; the tasks' next owners resume from their last commit");
@@ -327,15 +365,29 @@ impl Engine {
         if Instant::now() < pending.next_try {
             return Ok(());
         }
+        let incremental = incremental(consumer);
         let mut partitions = TopicPartitionList::new();
         for (topic, partition) in &self.assignment {
-            partitions.add_partition(topic, *partition);
+            // With an incremental protocol, the partitions of running tasks
+            // stay as they are.
+            let open = self.readers.get(topic.as_str()).is_some_and(|reader| {
+                self.tasks.contains_key(&TaskId { subtopology: reader.subtopology, partition: *partition as u32 })
+            });
+            if !(incremental && open) {
+                partitions.add_partition(topic, *partition);
+            }
         }
-        let result = self.open_tasks(consumer, &mut partitions).and_then(|()| Ok(consumer.assign(&partitions)?));
+        let result = self.open_tasks(consumer, &mut partitions).and_then(|()| {
+            Ok(if incremental { consumer.incremental_assign(&partitions)? } else { consumer.assign(&partitions)? })
+        });
         if result.is_err() {
             // Tasks opened before the failure are opened again with the
             // others, so that every task's position comes from its opening.
-            self.close_dirty();
+            if incremental {
+                self.close_partitions(&partitions, false);
+            } else {
+                self.close_dirty();
+            }
         }
         let Some(pending) = &mut self.pending else { return Ok(()) };
         match result {
@@ -346,7 +398,12 @@ impl Engine {
                 Ok(())
             }
             Err(error) if error.is_retriable() => {
-                consumer.assign(&TopicPartitionList::new())?;
+                if incremental {
+                    // Answers the rebalance, if one waits; nothing is added.
+                    consumer.incremental_assign(&TopicPartitionList::new())?;
+                } else {
+                    consumer.assign(&TopicPartitionList::new())?;
+                }
                 pending.next_try = Instant::now() + pending.waiting.failed(&error);
                 if !pending.reported && pending.since.elapsed() > self.config.task_timeout {
                     pending.reported = true;
@@ -394,7 +451,11 @@ impl Engine {
         }
         tracing::warn!(%error, tasks = self.tasks.len(), "tasks rewound to their last commit");
         self.close_dirty();
-        consumer.assign(&TopicPartitionList::new())?;
+        if incremental(consumer) {
+            consumer.incremental_unassign(&consumer.assignment()?)?;
+        } else {
+            consumer.assign(&TopicPartitionList::new())?;
+        }
         let now = Instant::now();
         let mut waiting = Waiting::new(format!("Kafka at {} to reopen tasks", self.config.bootstrap_servers));
         let delay = waiting.failed(&error);
@@ -453,6 +514,8 @@ impl Engine {
         // topic) could otherwise hold back what a restoration can read.
         let fenced = on_threads(ids, |id| Ok((id, opener.fence(id)?)))?;
         let opened = on_threads(fenced, |(id, writer)| Ok((id, opener.open(id, writer)?)))?;
+        let count = opened.len() as u64;
+        self.metrics.update(|m| m.tasks_opened += count);
         for (id, running) in opened {
             self.restored += running.restored;
             let partition = id.partition as i32;
@@ -621,9 +684,14 @@ impl Engine {
             // commit record in the log means the whole commit is, outputs
             // included, even if the transaction is then abandoned.
             running.writer.flush()?;
-            for changelog in changelogs {
+            crash::at("outputs_flushed");
+            for (i, changelog) in changelogs.iter().enumerate() {
                 let (key, value) = restore::commit_record(&running.session, number, changelogs);
                 running.writer.send(&entry(changelog, key, value), &[])?;
+                if i == 0 && changelogs.len() > 1 && crash::reached("between_commit_records") {
+                    running.writer.flush()?;
+                    crash::now("between_commit_records");
+                }
             }
         }
         let mut offsets = TopicPartitionList::new();
@@ -638,6 +706,7 @@ impl Engine {
             running.committed.insert((topic.to_string(), partition), offset);
         }
         running.task.commit()?;
+        crash::at("stores_written");
         Ok(Some(offsets))
     }
 
@@ -684,6 +753,7 @@ impl Engine {
             views.remove(&id);
         }
         self.closed.add(running.task.metrics());
+        self.metrics.update(|m| m.tasks_closed += 1);
         running.task.close();
         let partition = id.partition as i32;
         let changelogs: Option<BTreeMap<String, i64>> = running

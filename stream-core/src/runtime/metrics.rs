@@ -27,6 +27,12 @@ pub struct RuntimeMetrics {
     pub duplicates_skipped: u64,
     /// Store records applied from changelogs, over all restorations.
     pub restored_records: u64,
+    /// Tasks opened (fenced, restored) so far. With an incremental
+    /// rebalance protocol, a rebalance opens only the tasks this instance gains.
+    pub tasks_opened: u64,
+    /// Tasks closed so far (revoked, rewound, or at the end of a run); with
+    /// an incremental protocol, a rebalance closes only the tasks that move.
+    pub tasks_closed: u64,
     /// Consumer lag per source partition (topic, partition), as last
     /// reported by the consumer (about once a second): the partition's last
     /// stable offset (what `read_committed` can read) minus the position.

@@ -14,6 +14,16 @@
 //! in the state directory, so that an instance restarted after a crash gets
 //! its partitions back at once (see [`Membership`]).
 //!
+//! **Rebalancing.** With Kafka's classic group protocol and its default
+//! assignors, every rebalance revokes every partition: each instance commits
+//! and closes all its tasks, then opens (restores) those it is given. With an
+//! incremental protocol, only the partitions that move are revoked, and the
+//! other tasks keep running: `consumer.group.protocol=consumer` (KIP-848,
+//! Apache Kafka 4 and later; `consumer.group.remote.assignor=range` keeps the
+//! partitions of co-partitioned topics together, which a task reading
+//! several topics needs). The runtime follows whichever protocol its
+//! consumer reports.
+//!
 //! **Faults.** Every error is classified once (see `error`): the runtime
 //! waits out what can be waited out — no broker yet, a broker restarting, a
 //! topic's metadata propagating, a request timing out — and stops only on
@@ -59,6 +69,7 @@
 pub mod admin;
 mod checkpoint;
 mod config;
+mod crash;
 mod dedupe;
 mod engine;
 mod error;

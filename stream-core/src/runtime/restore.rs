@@ -444,6 +444,7 @@ pub(crate) fn restore(
             if !entry(key, message.payload().unwrap_or_default()) {
                 task.restore(store, key, message.payload())?;
                 restored.records += 1;
+                super::crash::at("mid_restore");
             }
             if last_log.elapsed() > Duration::from_secs(5) {
                 tracing::info!(task = %id, %topic, records = restored.records, "restoring");

@@ -17,7 +17,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 
-use super::{restore, ClientKind, RuntimeConfig, RuntimeError};
+use super::{crash, restore, ClientKind, RuntimeConfig, RuntimeError};
 use crate::record::OutputRecord;
 use crate::topology::TaskId;
 
@@ -301,7 +301,14 @@ impl Writer {
     ) -> Result<(), RuntimeError> {
         if let (Writer::Transactional(..), true) = (&self, offsets.count() > 0) {
             self.producer()?.send_offsets_to_transaction(offsets, group, TIMEOUT)?;
+            crash::at("offsets_sent");
         }
-        self.commit_records()
+        if crash::reached("before_commit_transaction") {
+            self.flush()?;
+            crash::now("before_commit_transaction");
+        }
+        self.commit_records()?;
+        crash::at("after_commit_transaction");
+        Ok(())
     }
 }

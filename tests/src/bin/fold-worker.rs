@@ -3,15 +3,21 @@
 //!
 //! Reads JSON integers keyed by text from `movements`, sums them per key into
 //! the RocksDB store `totals` and writes each new total to `totals`; records
-//! that do not decode go to `errors`. Settings come from the environment:
+//! that do not decode go to `errors`. With `TOPOLOGY=hops`, the movements
+//! first go through the repartition topic `hop`, are summed into `totals` and
+//! counted into `counts` (two stores, two changelogs, written to the topics
+//! `totals` and `counts`), and are also copied through the repartition topic
+//! `echo-hop` to `echo` (a task without stores reading a repartition topic).
+//! Settings come from the environment:
 //!
 //! - `BOOTSTRAP` (required), `APPLICATION_ID` (default `fold-worker`);
+//! - `TOPOLOGY`: `fold` (default) or `hops`;
 //! - `STATE_DIR`: RocksDB state directory (required);
 //! - `GUARANTEE`: `exactly_once` (default) or `at_least_once`;
 //! - `SESSION_TIMEOUT_MS`: the consumer group session timeout (default 6000);
 //! - `IDLE_EXIT_MS`: when set, stop cleanly once every task runs and no record
 //!   came for that long (counted again after each change of assignment), after
-//!   writing the store's contents as JSON to `DUMP`. A worker whose predecessor
+//!   writing the stores' contents as JSON to `DUMP` (`{"<store>": {"<key>": n}}`). A worker whose predecessor
 //!   committed everything stops without having processed a record.
 //!
 //! It prints `running` once it has processed its first record.
@@ -23,16 +29,36 @@ use std::time::{Duration, Instant};
 use stream_core::runtime::{Guarantee, Runtime, RuntimeConfig};
 use stream_core::serdes::{Json, Utf8, I64};
 use stream_core::state::StateBackend;
-use stream_core::{Consumed, Grouped, Materialized, Produced, StreamsBuilder, StreamsConfig, Topology};
+use stream_core::{Consumed, Grouped, Materialized, Produced, Repartitioned, StreamsBuilder, StreamsConfig, Topology};
 
-fn topology() -> Result<Topology, stream_core::TopologyError> {
+/// The stores of each topology, which `DUMP` holds.
+fn stores(hops: bool) -> &'static [&'static str] {
+    if hops {
+        &["totals", "counts"]
+    } else {
+        &["totals"]
+    }
+}
+
+fn topology(hops: bool) -> Result<Topology, stream_core::TopologyError> {
     let builder = StreamsBuilder::new();
-    builder
-        .stream("movements", Consumed::with(Utf8, Json::<i64>::new()))
-        .group_by_key(Grouped::with(Utf8, I64))
-        .aggregate(|| 0, |_, amount, total| total + amount, Materialized::new("totals", I64))
-        .to_stream()
-        .to("totals", Produced::with(Utf8, I64));
+    let movements = builder.stream("movements", Consumed::with(Utf8, Json::<i64>::new()));
+    let sum = |_: &String, amount: i64, total: i64| total + amount;
+    if hops {
+        let grouped = movements.group_by(|key, _| key.clone(), Grouped::with(Utf8, I64).named("hop"));
+        grouped
+            .aggregate(|| 0, sum, Materialized::new("totals", I64))
+            .to_stream()
+            .to("totals", Produced::with(Utf8, I64));
+        grouped.count("counts").to_stream().to("counts", Produced::with(Utf8, I64));
+        movements.repartition(Repartitioned::with(Utf8, I64).named("echo-hop")).to("echo", Produced::with(Utf8, I64));
+    } else {
+        movements
+            .group_by_key(Grouped::with(Utf8, I64))
+            .aggregate(|| 0, sum, Materialized::new("totals", I64))
+            .to_stream()
+            .to("totals", Produced::with(Utf8, I64));
+    }
     builder.build()
 }
 
@@ -57,9 +83,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(debug) = var("KAFKA_DEBUG") {
         config.properties.push(("debug".into(), debug));
     }
+    let hops = match var("TOPOLOGY").as_deref() {
+        None | Some("fold") => false,
+        Some("hops") => true,
+        Some(other) => return Err(format!("unknown TOPOLOGY {other}").into()),
+    };
     let idle_exit = var("IDLE_EXIT_MS").map(|ms| ms.parse().map(Duration::from_millis)).transpose()?;
 
-    let mut runtime = Runtime::new(topology()?, config)?;
+    let mut runtime = Runtime::new(topology(hops)?, config)?;
     let reader = runtime.store_reader();
     let (mut last_count, mut last_change, mut announced) = (0, Instant::now(), false);
     let mut last_tasks = Vec::new();
@@ -83,7 +114,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let idle = idle_exit.is_some_and(|idle| last_change.elapsed() > idle);
         if idle {
             // Before stopping: the tasks and their stores close with the runtime.
-            dumped = dump(&reader);
+            dumped = dump(&reader, stores(hops));
         }
         idle
     })?;
@@ -91,11 +122,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Writes the contents of the `totals` store as JSON to `DUMP`, if set.
-fn dump(reader: &stream_core::runtime::StoreReader) -> Result<(), Box<dyn std::error::Error>> {
+/// Writes the contents of `stores` as JSON to `DUMP`, if set.
+fn dump(reader: &stream_core::runtime::StoreReader, stores: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = var("DUMP") {
-        let totals: BTreeMap<String, i64> = reader.all("totals", Utf8, I64)?.into_iter().collect();
-        std::fs::write(path, serde_json::to_vec(&totals)?)?;
+        let mut dump = BTreeMap::new();
+        for store in stores {
+            let contents: BTreeMap<String, i64> = reader.all(store, Utf8, I64)?.into_iter().collect();
+            dump.insert(*store, contents);
+        }
+        std::fs::write(path, serde_json::to_vec(&dump)?)?;
     }
     Ok(())
 }
