@@ -295,7 +295,7 @@ fn queries_answer_while_the_tasks_restore() {
 /// others keep running, none is reopened. The outputs still equal an
 /// independent fold, each once.
 #[test]
-#[ignore = "written, not yet run against the broker: run with --ignored"]
+#[ignore = "passes 1 run in 3: an old instance sometimes closes and reopens one extra task; run with --ignored"]
 fn a_third_instance_joining_moves_only_the_partitions_it_takes() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
