@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -174,6 +175,19 @@ impl Input {
         }
         producer.flush(Duration::from_secs(30)).expect("flush");
         input
+    }
+
+    /// Produces movements from `from` on, 500 every 50 ms, until `stop`;
+    /// returns them and the number of the next movement.
+    pub fn produce_until(broker: &Broker, from: u64, stop: &AtomicBool) -> (Input, u64) {
+        let mut input = Input { good: Vec::new(), poison: 0 };
+        let mut next = from;
+        while !stop.load(Ordering::SeqCst) {
+            input.extend(Input::produce(broker, next, 500, Duration::ZERO));
+            next += 500;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (input, next)
     }
 
     /// Adds `other`, produced after `self`.

@@ -8,6 +8,7 @@
 //!
 //! Each point runs on Apache Kafka (`kafka::`) and on nisshi (`nisshi::`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use integration_tests::fold::{final_run, read_errors, read_outputs, setup, Input, Worker};
@@ -17,18 +18,19 @@ const PARTITIONS: i32 = 4;
 const HOPS: (&str, &str) = ("TOPOLOGY", "hops");
 
 /// Crashes a worker the `n`-th time it reaches `point`, while it works
-/// through 20 000 movements, then checks that its successor ends exact.
+/// through 20 000 movements and more as they come, then checks that its
+/// successor ends exact.
 fn crash_at(kind: BrokerKind, point: &str, n: u32) {
     let (broker, dir) = setup(kind, PARTITIONS);
     let state = dir.path().join("state");
     let mut input = Input::produce(&broker, 0, 20_000, Duration::ZERO);
     if point == "mid_restore" {
-        // A predecessor killed without a local checkpoint: the crashing
-        // worker restores its stores from the changelogs alone.
-        let first = Worker::start(&broker, &state, &[HOPS]);
-        first.wait_running(Duration::from_secs(60));
-        std::thread::sleep(Duration::from_secs(4));
-        first.kill();
+        // A predecessor that left changelogs but no local state: the
+        // crashing worker restores its stores from the changelogs alone.
+        let first = Worker::start(&broker, &state, &[HOPS, ("IDLE_EXIT_MS", "2000")]);
+        let (status, log) = first.wait(Duration::from_secs(120));
+        assert!(status.success(), "first worker failed ({status}):\n{log}");
+        std::fs::remove_dir_all(&state).expect("remove the local state");
     }
     let at = format!("{point}:{n}");
     let mut env = vec![HOPS, ("STREAM_CORE_CRASH_AT", at.as_str())];
@@ -36,15 +38,26 @@ fn crash_at(kind: BrokerKind, point: &str, n: u32) {
         // Checkpoints are written when tasks close: at the end of an idle run.
         env.push(("IDLE_EXIT_MS", "2000"));
     }
-    let worker = Worker::start(&broker, &state, &env);
-    input.extend(Input::produce(&broker, 20_000, 5_000, Duration::from_millis(100)));
-    let (status, log) = worker.wait(Duration::from_secs(120));
+    // For the points of a commit, movements keep coming until the worker
+    // crashes, so that it commits as often as the point needs. The other
+    // points are reached with the input there is.
+    let feeding = !matches!(point, "checkpoint_writing" | "mid_restore");
+    let stop = AtomicBool::new(!feeding);
+    let (status, log, (more, next)) = std::thread::scope(|scope| {
+        let feed = scope.spawn(|| Input::produce_until(&broker, 20_000, &stop));
+        let stopping = Stop(&stop);
+        let worker = Worker::start(&broker, &state, &env);
+        let (status, log) = worker.wait(Duration::from_secs(120));
+        drop(stopping);
+        (status, log, feed.join().expect("producer"))
+    });
+    input.extend(more);
     assert!(
         !status.success() && log.contains(&format!("crash point {point}")),
         "no crash at {point} ({status}):\n{log}"
     );
 
-    input.extend(Input::produce(&broker, 25_000, 5_000, Duration::ZERO));
+    input.extend(Input::produce(&broker, next, 5_000, Duration::ZERO));
     let stores = final_run(&broker, &state, "3000", &[HOPS]);
     assert_eq!(stores["totals"], input.fold(), "store totals after a crash at {point}");
     assert_eq!(stores["counts"], input.counts(), "store counts after a crash at {point}");
@@ -53,6 +66,15 @@ fn crash_at(kind: BrokerKind, point: &str, n: u32) {
     assert_eq!(read_outputs(&broker, "counts", outputs, PARTITIONS), input.counts(), "topic counts");
     read_outputs(&broker, "echo", outputs, PARTITIONS);
     read_errors(&broker, input.poison);
+}
+
+/// Stops the producer when dropped, also when the test fails.
+struct Stop<'a>(&'a AtomicBool);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 on_each_broker!(

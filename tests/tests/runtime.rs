@@ -2,7 +2,7 @@
 //! restarted with its local state gone, restores from the changelog and ends
 //! with the same table as an independent fold of the input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use integration_tests::Broker;
@@ -291,11 +291,10 @@ fn queries_answer_while_the_tasks_restore() {
 
 /// With an incremental rebalance protocol (Kafka's `group.protocol=consumer`,
 /// KIP-848), a third instance joining two busy ones takes its share of the
-/// tasks, and only those are closed on the instances that give them up; the
-/// others keep running, none is reopened. The outputs still equal an
+/// tasks; each of the others closes only the tasks it gives up and opens
+/// only those it is given, the tasks it keeps run on. The outputs still equal an
 /// independent fold, each once.
 #[test]
-#[ignore = "passes 1 run in 3: an old instance sometimes closes and reopens one extra task; run with --ignored"]
 fn a_third_instance_joining_moves_only_the_partitions_it_takes() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
@@ -358,13 +357,24 @@ fn a_third_instance_joining_moves_only_the_partitions_it_takes() {
     stop.store(true, Ordering::SeqCst);
     let ends: Vec<RuntimeMetrics> = [first, second, third].into_iter().map(|t| t.join().expect("instance")).collect();
 
-    let taken = after[2].tasks.len() as u64;
-    let closed: u64 = (0..2).map(|i| after[i].tasks_closed - before[i].tasks_closed).sum();
-    let opened: u64 = (0..2).map(|i| after[i].tasks_opened - before[i].tasks_opened).sum();
-    eprintln!("the third instance took {taken} tasks; the two others closed {closed} and opened {opened}");
-    assert!(taken > 0, "the third instance took tasks");
-    assert_eq!(closed, taken, "only the tasks that moved were closed");
-    assert_eq!(opened, 0, "the instances that stayed reopened no task");
+    // What the assignor moves is its choice (Kafka 4's server-side `range`
+    // deals ranges in member order, so a partition may also move between
+    // the two old instances); the runtime's part is to close exactly the
+    // tasks an instance gives up and open exactly those it is given, while
+    // the tasks it keeps run on.
+    let ids = |m: &RuntimeMetrics| m.tasks.keys().map(ToString::to_string).collect::<BTreeSet<_>>();
+    assert!(!after[2].tasks.is_empty(), "the third instance took tasks");
+    let mut kept = 0;
+    for i in 0..2 {
+        let (had, has) = (ids(&before[i]), ids(&after[i]));
+        let closed = after[i].tasks_closed - before[i].tasks_closed;
+        let opened = after[i].tasks_opened - before[i].tasks_opened;
+        eprintln!("instance {i}: tasks {had:?} -> {has:?}, closed {closed}, opened {opened}");
+        assert_eq!(closed, had.difference(&has).count() as u64, "instance {i} closed only the tasks it gave up");
+        assert_eq!(opened, has.difference(&had).count() as u64, "instance {i} opened only the tasks it was given");
+        kept += had.intersection(&has).count();
+    }
+    assert!(kept > 0, "some tasks stayed where they ran");
     let processed: u64 = ends.iter().map(|m| m.totals.records_in).sum();
     assert_eq!(processed, movements.len() as u64, "every record processed once");
     let outputs = read_outputs(&broker, "coop-out", COOP_PARTITIONS, "coop-in", movements.len());

@@ -21,8 +21,11 @@
 //! other tasks keep running: `consumer.group.protocol=consumer` (KIP-848,
 //! Apache Kafka 4 and later; `consumer.group.remote.assignor=range` keeps the
 //! partitions of co-partitioned topics together, which a task reading
-//! several topics needs). The runtime follows whichever protocol its
-//! consumer reports.
+//! several topics needs). Which partitions move is the assignor's choice —
+//! Kafka 4's `range` deals ranges in member order, so a member joining can
+//! also move a partition between two others — and each instance closes
+//! exactly the tasks it gives up. The runtime follows whichever protocol
+//! its consumer reports.
 //!
 //! **Faults.** Every error is classified once (see `error`): the runtime
 //! waits out what can be waited out — no broker yet, a broker restarting, a
