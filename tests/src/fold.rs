@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
 use rdkafka::Message;
 use stream_core::dead_letter;
 use stream_core::runtime::provenance;
@@ -149,8 +150,15 @@ impl Input {
     /// Produces movements `from..from + count` to `movements`, pausing for
     /// `pace` after every 2 000.
     pub fn produce(broker: &Broker, from: u64, count: u64, pace: Duration) -> Input {
+        Input::produce_via(broker.client_config(), from, count, pace)
+    }
+
+    /// [`Input::produce`] with the client configuration `config` (from
+    /// [`Broker::client_config`]); idempotent, so that a broker failing
+    /// over adds no duplicate.
+    pub fn produce_via(mut config: ClientConfig, from: u64, count: u64, pace: Duration) -> Input {
         let producer: BaseProducer =
-            broker.client_config().set("partitioner", "murmur2_random").create().expect("producer");
+            config.set("partitioner", "murmur2_random").set("enable.idempotence", "true").create().expect("producer");
         let mut input = Input { good: Vec::new(), poison: 0 };
         for i in from..from + count {
             let key = format!("product-{}", i % KEYS);
@@ -268,7 +276,11 @@ pub fn read_errors(broker: &Broker, expected: u64) {
 /// A broker of `kind` with the topics of both topologies, `movements` and
 /// the outputs with `partitions` partitions, and a temporary directory.
 pub fn setup(kind: BrokerKind, partitions: i32) -> (Broker, tempfile::TempDir) {
-    let broker = Broker::start_kind(kind);
+    setup_on(Broker::start_kind(kind), partitions)
+}
+
+/// [`setup`] on a broker already started (a cluster, say).
+pub fn setup_on(broker: Broker, partitions: i32) -> (Broker, tempfile::TempDir) {
     for topic in ["movements", "totals", "counts", "echo"] {
         broker.create_topic(topic, partitions);
     }

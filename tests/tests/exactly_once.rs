@@ -10,8 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::fold::{final_run, read_dump, read_errors, read_outputs, setup, Input, Random, Worker};
-use integration_tests::{on_each_broker, BrokerKind};
+use integration_tests::fold::{
+    final_run, read_dump, read_errors, read_outputs, setup, setup_on, Input, Random, Worker,
+};
+use integration_tests::{on_each_broker, Broker, BrokerKind};
 
 on_each_broker!(
     a_worker_killed_with_sigkill_ten_times_ends_with_the_exact_fold,
@@ -115,6 +117,55 @@ fn when_one_of_two_instances_is_killed_the_other_takes_over_exactly(kind: Broker
     let totals = read_dump(&dump).remove("totals").expect("totals");
     assert_eq!(totals, input.fold(), "the survivor's store holds every partition's exact totals");
     assert_eq!(read_outputs(&broker, "totals", input.good.len(), 8), input.fold());
+    read_errors(&broker, input.poison);
+}
+
+/// Three Apache Kafka brokers, two instances, 200 000 movements: mid-stream
+/// one broker is killed with SIGKILL, then one instance; the instance comes
+/// back, then the broker. Internal topics are replicated three times
+/// (`min.insync.replicas` 2), so the runtime goes on with two brokers. A last
+/// run over both instances' partitions ends with the stores and the output
+/// topic equal to an independent fold.
+#[test]
+fn three_brokers_and_two_instances_each_lose_one_and_end_exact() {
+    const PARTITIONS: i32 = 8;
+    let (mut broker, dir) = setup_on(Broker::cluster(3), PARTITIONS);
+    let (first_state, second_state) = (dir.path().join("first"), dir.path().join("second"));
+    let mut input = Input::produce(&broker, 0, 100_000, Duration::ZERO);
+    let first = Worker::start(&broker, &first_state, &[]);
+    let second = Worker::start(&broker, &second_state, &[]);
+    first.wait_running(Duration::from_secs(90));
+    second.wait_running(Duration::from_secs(90));
+    // 100 000 more arrive over about 10 s while the faults happen.
+    let (first, more) = std::thread::scope(|scope| {
+        let config = broker.client_config();
+        let producer = scope.spawn(move || Input::produce_via(config, 100_000, 100_000, Duration::from_millis(200)));
+        std::thread::sleep(Duration::from_secs(2));
+        eprintln!("SIGKILL broker node 1");
+        broker.kill_node(1);
+        std::thread::sleep(Duration::from_secs(3));
+        eprintln!("SIGKILL the first instance");
+        first.kill();
+        std::thread::sleep(Duration::from_secs(3));
+        let first = Worker::start(&broker, &first_state, &[]);
+        std::thread::sleep(Duration::from_secs(5));
+        eprintln!("broker node 1 restarted");
+        broker.restart_node(1);
+        (first, producer.join().expect("producer"))
+    });
+    input.extend(more);
+    broker.wait_ready(3);
+    assert!(input.good.len() >= 190_000, "{} good movements", input.good.len());
+    // Let both instances work on with three brokers, then stop them.
+    std::thread::sleep(Duration::from_secs(5));
+    first.kill();
+    second.kill();
+    // The group forgets both (static) members after their session timeout
+    // (6 s): the last run then gets every partition.
+    std::thread::sleep(Duration::from_secs(8));
+    let stores = final_run(&broker, &first_state, "3000", &[]);
+    assert_eq!(stores["totals"], input.fold(), "the store equals the fold");
+    assert_eq!(read_outputs(&broker, "totals", input.good.len(), PARTITIONS), input.fold(), "the output topic");
     read_errors(&broker, input.poison);
 }
 
