@@ -2,8 +2,9 @@
 //! exactly-once and with at-least-once, beside raw consumption of the same
 //! topic from the same broker.
 //!
-//! One run starts the test broker (nisshi, through `integration_tests::Broker`,
-//! as the integration tests do), loads `bench-in` once with 200 000 records
+//! One run starts the broker of the integration tests
+//! (`integration_tests::Broker`: Apache Kafka, or nisshi with
+//! `TEST_BROKER=nisshi`), loads `bench-in` once with 200 000 records
 //! (1 000 keys, 4 partitions; 8-byte big-endian amounts) and then, in each of
 //! 3 rounds, measures alternately (the order rotates from round to round):
 //!
@@ -41,8 +42,8 @@
 //! gives the median over the rounds of each rate and each ratio.
 //!
 //! Run with `cargo bench -p benches --bench runtime_throughput` (a release
-//! build; it needs the `nisshi` binary, see `tests/src/lib.rs`, and takes
-//! about a minute). Environment variables change the defaults:
+//! build; the broker is installed as for the tests, see `tests/src/lib.rs`;
+//! it takes about a minute). Environment variables change the defaults:
 //! `BENCH_RECORDS`, `BENCH_ROUNDS`, and `BENCH_COMMIT_INTERVAL_MS` (the
 //! folds' commit interval). `RUST_LOG` is cleared: the broker would inherit
 //! it and log every request, which slows it down many times over.
