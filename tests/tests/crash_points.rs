@@ -27,9 +27,7 @@ fn crash_at(kind: BrokerKind, point: &str, n: u32) {
     if point == "mid_restore" {
         // A predecessor that left changelogs but no local state: the
         // crashing worker restores its stores from the changelogs alone.
-        let first = Worker::start(&broker, &state, &[HOPS, ("IDLE_EXIT_MS", "2000")]);
-        let (status, log) = first.wait(Duration::from_secs(120));
-        assert!(status.success(), "first worker failed ({status}):\n{log}");
+        final_run(&broker, &state, "2000", &[HOPS]);
         std::fs::remove_dir_all(&state).expect("remove the local state");
     }
     let at = format!("{point}:{n}");
