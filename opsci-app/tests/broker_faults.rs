@@ -137,7 +137,7 @@ fn check(broker: &Broker, fold: &Fold, within: Duration) -> Duration {
         o.stock == expected && o.catalogue >= PRODUCTS as usize + fold.applied && o.errors >= fold.rejected
     });
     let took = started.elapsed();
-    assert_eq!(seen.stock, expected, "stock per product");
+    assert_eq!(seen.stock, expected, "stock per product; {}", visibility(broker, &format!("{APP}-stock-changelog")));
     assert_eq!(
         seen.catalogue,
         PRODUCTS as usize + fold.applied,
@@ -350,16 +350,15 @@ fn the_app_survives_a_60_s_network_cut() {
     app.stop();
 }
 
-/// Not reliable yet: it passed 3 of the last 4 runs. In the one that
-/// failed, the stock of five products (one partition, it seems) was behind
-/// the fold when the check gave up after 180 s: processing of a partition
-/// stalled, not counted twice. An earlier failure (before restoration's
-/// fallback to uncommitted reads was restricted to a held-back last stable
-/// offset) lost 516 catalogue records: the topic held them neither
-/// committed nor uncommitted, while the stock was exact. Run it with
-/// `--ignored`; a failure prints the app's log.
+/// Not reliable yet: on a quiet machine it passes (72 s); with another
+/// suite running beside it, it failed 4 times in 4. In the last failure the
+/// stock changelog read the same committed and uncommitted (no transaction
+/// held readers back) while ten products were behind the fold, and the
+/// app's log ended when its tasks opened, before the first node kill:
+/// processing stopped early, as if the app hung. Run it with `--ignored`; a
+/// failure prints the app's log and what readers see of the changelog.
 #[test]
-#[ignore = "a partition sometimes stalls after the node kills: under investigation"]
+#[ignore = "under load the app stops processing early (it seems to hang): under investigation"]
 fn the_app_survives_each_node_of_a_three_node_cluster_killed_in_turn() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut broker = Broker::cluster(3);
