@@ -31,11 +31,14 @@ pub fn deliver(producer: &FutureProducer, record: FutureRecord<'_, str, str>) ->
 }
 
 impl KafkaConfig {
-    /// A client configuration: the brokers and the extra properties.
+    /// A client configuration: the brokers and the extra properties, but
+    /// those for one kind of the runtime's clients (prefixed `consumer.`,
+    /// `producer.` or `admin.`).
     pub fn client(&self) -> ClientConfig {
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", &self.brokers);
-        for (key, value) in &self.properties {
+        let prefixed = |key: &str| ["consumer.", "producer.", "admin."].iter().any(|p| key.starts_with(p));
+        for (key, value) in self.properties.iter().filter(|(key, _)| !prefixed(key)) {
             client.set(key, value);
         }
         client

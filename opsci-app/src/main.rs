@@ -88,6 +88,20 @@ struct KafkaArgs {
     /// The latest stock and status of each product (compacted; read by the Strapi sync).
     #[arg(long, env = "CATALOGUE_TOPIC", default_value = "catalogue")]
     catalogue_topic: String,
+    /// An extra librdkafka property, `KEY=VALUE` (security.protocol, sasl.*,
+    /// ssl.*, ...; prefixed `consumer.`, `producer.` or `admin.` for one kind
+    /// of the runtime's clients only); repeatable, or separated by `;` in the
+    /// variable.
+    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", hide_env_values = true, value_delimiter = ';', value_parser = property)]
+    kafka_properties: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE`, as a librdkafka property (the value is never shown: it may be a secret).
+fn property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_string(), value.to_string())),
+        _ => Err("expected KEY=VALUE".to_string()),
+    }
 }
 
 impl KafkaArgs {
@@ -104,7 +118,7 @@ impl KafkaArgs {
                 error: self.error_topic,
                 catalogue: self.catalogue_topic,
             },
-            properties: Vec::new(),
+            properties: self.kafka_properties,
         }
     }
 }

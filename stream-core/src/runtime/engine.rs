@@ -623,6 +623,7 @@ impl Engine {
         let started = Instant::now();
         let group = consumer
             .group_metadata()
+            .map(Arc::new)
             .ok_or_else(|| KafkaError::Subscription("the consumer has no group metadata".into()))?;
         let tasks: Vec<(TaskId, &mut Running)> = self.tasks.iter_mut().map(|(id, r)| (*id, r)).collect();
         let app = &self.config.streams.application_id;
@@ -649,7 +650,7 @@ impl Engine {
     fn commit_task(
         id: TaskId,
         running: &mut Running,
-        group: &ConsumerGroupMetadata,
+        group: &Arc<ConsumerGroupMetadata>,
     ) -> Result<Option<TopicPartitionList>, RuntimeError> {
         let number = running.commits + 1;
         let tag = restore::commit_headers(&running.session, number);

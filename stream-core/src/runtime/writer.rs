@@ -8,7 +8,7 @@
 //! flushes it, then the runtime commits the offsets through the consumer.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -121,6 +121,39 @@ fn drain(producer: &TaskProducer) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// How long [`send_offsets`] waits for its call: longer than a group
+/// coordinator takes to move to another broker.
+const OFFSETS_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Adds `offsets` of `group` to `producer`'s open transaction, on a thread
+/// of its own. librdkafka (2.12) can block there forever, whatever the
+/// timeout, when the group coordinator it was waiting for left the
+/// cluster's metadata, a broker killed, say (librdkafka issues 5456 and
+/// 5511): after [`OFFSETS_TIMEOUT`], the call is given up, leaving the
+/// producer to the blocked thread, and the commit fails as retriable. The
+/// task is then rewound, and its new producer fences this one.
+fn send_offsets(
+    producer: &Arc<TaskProducer>,
+    offsets: &TopicPartitionList,
+    group: &Arc<ConsumerGroupMetadata>,
+) -> Result<(), RuntimeError> {
+    let (done, result) = mpsc::sync_channel(1);
+    let call = {
+        let (producer, offsets, group) = (producer.clone(), offsets.clone(), group.clone());
+        move || {
+            let _ = done.send(producer.send_offsets_to_transaction(&offsets, &group, OFFSETS_TIMEOUT));
+        }
+    };
+    if std::thread::Builder::new().name("send-offsets".into()).spawn(call).is_err() {
+        // No thread to spare: the call is made here, unguarded.
+        return Ok(producer.send_offsets_to_transaction(offsets, group.as_ref(), OFFSETS_TIMEOUT)?);
+    }
+    match result.recv_timeout(OFFSETS_TIMEOUT + Duration::from_secs(2)) {
+        Ok(sent) => Ok(sent?),
+        Err(_) => Err(RuntimeError::ClientStuck { call: "send_offsets_to_transaction", waited: OFFSETS_TIMEOUT }),
+    }
+}
+
 /// The producer type of every writer.
 pub(crate) type TaskProducer = BaseProducer<Deliveries>;
 
@@ -144,8 +177,9 @@ pub(crate) fn shared_producer(config: &RuntimeConfig, topic: &str) -> Result<Arc
 
 /// One task's way of writing.
 pub(crate) enum Writer {
-    /// The task's own transactional producer; whether a transaction is open.
-    Transactional(TaskProducer, bool),
+    /// The task's own transactional producer (shared with a call that may
+    /// never return: see [`send_offsets`]); whether a transaction is open.
+    Transactional(Arc<TaskProducer>, bool),
     /// The runtime's shared producer.
     Shared(Arc<TaskProducer>),
 }
@@ -166,7 +200,7 @@ impl Writer {
         }
         let producer = connected(&client, topic)?;
         producer.init_transactions(TIMEOUT)?;
-        Ok(Writer::Transactional(producer, false))
+        Ok(Writer::Transactional(Arc::new(producer), false))
     }
 
     fn producer(&mut self) -> Result<&TaskProducer, KafkaError> {
@@ -297,10 +331,13 @@ impl Writer {
     pub(crate) fn commit(
         &mut self,
         offsets: &TopicPartitionList,
-        group: &ConsumerGroupMetadata,
+        group: &Arc<ConsumerGroupMetadata>,
     ) -> Result<(), RuntimeError> {
         if let (Writer::Transactional(..), true) = (&self, offsets.count() > 0) {
-            self.producer()?.send_offsets_to_transaction(offsets, group, TIMEOUT)?;
+            self.producer()?;
+            if let Writer::Transactional(producer, _) = self {
+                send_offsets(producer, offsets, group)?;
+            }
             crash::at("offsets_sent");
         }
         if crash::reached("before_commit_transaction") {
