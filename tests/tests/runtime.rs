@@ -380,3 +380,54 @@ fn a_third_instance_joining_moves_only_the_partitions_it_takes() {
     let outputs = read_outputs(&broker, "coop-out", COOP_PARTITIONS, "coop-in", movements.len());
     assert_eq!(outputs, fold(&movements));
 }
+
+/// A task reads its table partitions up to where they end, as of its
+/// opening, before its streams: orders loaded after a large price table
+/// all find their price, though the consumer fetches the table and the
+/// orders side by side, 10 records at a time.
+#[test]
+fn a_stream_table_join_reads_its_table_to_its_end_before_the_stream() {
+    let broker = Broker::start();
+    for topic in ["prices", "orders", "priced"] {
+        broker.create_topic(topic, 1);
+    }
+    // Batches of 10 records: the consumer's fetches, of one batch each at least, stay small.
+    let producer: BaseProducer = broker.client_config().set("batch.num.messages", "10").create().expect("producer");
+    let send = |topic: &str, key: String, value: i64| {
+        producer.send(BaseRecord::to(topic).key(&key).payload(&value.to_be_bytes()[..])).expect("send");
+        producer.poll(Duration::ZERO);
+    };
+    const PRICES: i64 = 20_000;
+    for i in 0..PRICES {
+        send("prices", format!("product-{i}"), i);
+    }
+    // Orders for the products priced last.
+    for i in PRICES - 100..PRICES {
+        send("orders", format!("product-{i}"), 2);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+
+    let builder = StreamsBuilder::new();
+    let prices = builder.table("prices", Consumed::with(Utf8, I64), "prices");
+    builder
+        .stream("orders", Consumed::with(Utf8, I64))
+        .join(&prices, |quantity, price| quantity * price)
+        .to("priced", Produced::with(Utf8, I64));
+    let mut config = RuntimeConfig::new(StreamsConfig::new("join-app"), broker.bootstrap());
+    config.properties.push(("consumer.max.partition.fetch.bytes".into(), "1024".into()));
+    let mut runtime = Runtime::new(builder.build().expect("topology"), config).expect("runtime");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    runtime.run(|m| m.totals.records_in >= PRICES as u64 + 100 || Instant::now() > deadline).expect("run");
+
+    let reader = broker.reader("priced", 1, &[]);
+    let mut priced = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while priced.len() < 100 && Instant::now() < deadline {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            priced.insert(key, i64::from_be_bytes(m.payload().unwrap_or_default().try_into().expect("8 bytes")));
+        }
+    }
+    let expected: BTreeMap<String, i64> = (PRICES - 100..PRICES).map(|i| (format!("product-{i}"), 2 * i)).collect();
+    assert_eq!(priced, expected, "every order joined with its price");
+}

@@ -6,9 +6,11 @@
 //! the records processed since the last commit, the stores' changes, the new
 //! input positions and de-duplication entries (all three as changelog
 //! records tagged with the commit), then, once all of that is stored, one
-//! commit record per changelog; and the input offsets for the consumer group.
-//! Restoration (see `restore`) relies on the changelogs alone: the group's
-//! offsets only position tasks without stores. A task closed right after a
+//! commit record per changelog. Restoration (see `restore`) relies on the
+//! changelogs alone, so the group's offsets of such a task are committed
+//! after its transaction, through the consumer, to show progress only. A
+//! task without stores is positioned by the group's offsets: its
+//! transaction holds them, with its outputs. A task closed right after a
 //! successful commit leaves a local checkpoint (see `checkpoint`).
 //!
 //! Opening (fencing, restoring) and committing wait mostly on the cluster, so
@@ -74,6 +76,13 @@ fn on_threads<T: Send, R: Send>(
     })
 }
 
+/// The input offsets of a task's commit, and whether its transaction
+/// committed them to the group.
+struct Committed {
+    offsets: TopicPartitionList,
+    in_transaction: bool,
+}
+
 /// `error`, as [`RuntimeError::Fenced`] if it says that task `id` was fenced.
 fn fenced(error: RuntimeError, application_id: &str, id: TaskId) -> RuntimeError {
     match error {
@@ -102,6 +111,9 @@ struct Running {
     /// Stream clock of its last commit (or of the commit it restored).
     clock: Option<StreamClock>,
     restored: u64,
+    /// Its table partitions not read up to their end as of its opening, with
+    /// that end; its other partitions are paused until they are.
+    catching_up: Vec<((String, i32), i64)>,
 }
 
 /// The assigned partitions whose tasks wait to be opened, because opening
@@ -144,6 +156,8 @@ struct Reader {
     subtopology: u32,
     /// Whether it is a repartition topic, whose records are de-duplicated by provenance.
     repartition: bool,
+    /// Whether it is read as a table (see [`Engine::resume_caught_up`]).
+    table: bool,
 }
 
 /// Copies what a task needs out of a consumed message.
@@ -244,6 +258,7 @@ impl Opener<'_> {
                 seen: restored.seen,
                 clock: restored.clock,
                 restored: restored.records,
+                catching_up: Vec::new(),
             });
         }
     }
@@ -261,9 +276,10 @@ impl Engine {
         let repartition: HashSet<String> = topology.repartition_topics(&app).into_iter().collect();
         let mut readers = HashMap::new();
         for (i, sub) in topology.subtopologies.iter().enumerate() {
-            for topic in &sub.sources {
-                let topic = topic.resolve(&app);
-                let reader = Reader { subtopology: i as u32, repartition: repartition.contains(&topic) };
+            for source in &sub.sources {
+                let topic = source.resolve(&app);
+                let table = sub.tables.contains(source);
+                let reader = Reader { subtopology: i as u32, repartition: repartition.contains(&topic), table };
                 readers.insert(Arc::from(topic), reader);
             }
         }
@@ -378,7 +394,12 @@ impl Engine {
             }
         }
         let result = self.open_tasks(consumer, &mut partitions).and_then(|()| {
-            Ok(if incremental { consumer.incremental_assign(&partitions)? } else { consumer.assign(&partitions)? })
+            if incremental {
+                consumer.incremental_assign(&partitions)?;
+            } else {
+                consumer.assign(&partitions)?;
+            }
+            Ok(consumer.pause(&self.streams_catching_up())?)
         });
         if result.is_err() {
             // Tasks opened before the failure are opened again with the
@@ -420,6 +441,52 @@ impl Engine {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// The stream partitions (those not read as tables) of the tasks still
+    /// reading their tables up to where they ended at their opening.
+    fn streams_catching_up(&self) -> TopicPartitionList {
+        let mut streams = TopicPartitionList::new();
+        for (id, running) in self.tasks.iter().filter(|(_, r)| !r.catching_up.is_empty()) {
+            for topic in running.task.source_topics().filter(|t| !self.readers.get(*t).is_some_and(|r| r.table)) {
+                streams.add_partition(topic, id.partition as i32);
+            }
+        }
+        streams
+    }
+
+    /// Resumes the streams of the tasks whose tables were read up to where
+    /// they ended at their opening: processed past it, or `fetched` past
+    /// it (the next offset the consumer fetches, per partition, which passes
+    /// the transaction markers that end a partition written transactionally).
+    pub(super) fn resume_caught_up<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        fetched: impl FnOnce() -> HashMap<(String, i32), i64>,
+    ) -> Result<(), RuntimeError> {
+        if self.tasks.values().all(|r| r.catching_up.is_empty()) {
+            return Ok(());
+        }
+        let fetched = fetched();
+        let mut resumed = TopicPartitionList::new();
+        for (id, running) in self.tasks.iter_mut().filter(|(_, r)| !r.catching_up.is_empty()) {
+            let (positions, committed) = (&running.positions, &running.committed);
+            running.catching_up.retain(|(partition, end)| {
+                let processed = positions.get(&(Arc::from(partition.0.as_str()), partition.1));
+                let reached = [processed, committed.get(partition), fetched.get(partition)];
+                reached.into_iter().flatten().all(|offset| offset < end)
+            });
+            if running.catching_up.is_empty() {
+                tracing::info!(task = %id, "tables read up to their end at opening: streams resumed");
+                for topic in running.task.source_topics().filter(|t| !self.readers.get(*t).is_some_and(|r| r.table)) {
+                    resumed.add_partition(topic, id.partition as i32);
+                }
+            }
+        }
+        if resumed.count() > 0 {
+            consumer.resume(&resumed)?;
+        }
+        Ok(())
     }
 
     /// What `error` (retriable, met by a task) comes from: a send or commit
@@ -546,7 +613,24 @@ impl Engine {
                     positions.push(format!("{topic}/{partition}@{at}"));
                 }
             }
-            tracing::info!(task = %id, session = %running.session, positions = %positions.join(" "), "task opened");
+            // Its tables are read up to where they end now before its streams,
+            // so that a stream-table join does not run ahead of its table:
+            // when a task opens after downtime, or its table's leader is down.
+            let mut running = running;
+            let (tables, streams): (Vec<String>, Vec<String>) = running
+                .task
+                .source_topics()
+                .map(str::to_string)
+                .partition(|t| self.readers.get(t.as_str()).is_some_and(|r| r.table));
+            for topic in tables.into_iter().filter(|_| !streams.is_empty()) {
+                let (low, end) = consumer.fetch_watermarks(&topic, partition, TIMEOUT)?;
+                let from = running.committed.get(&(topic.clone(), partition)).copied().unwrap_or(low);
+                if from < end {
+                    running.catching_up.push(((topic, partition), end));
+                }
+            }
+            tracing::info!(task = %id, session = %running.session, positions = %positions.join(" "),
+                catching_up = running.catching_up.len(), "task opened");
             if let Ok(mut views) = self.views.write() {
                 views.insert(id, running.task.views());
             }
@@ -617,8 +701,11 @@ impl Engine {
 
     /// Commits every task that did something since its last commit (see the
     /// [module docs](self)), on up to [`PARALLELISM`] threads so that the
-    /// tasks' round trips to the cluster overlap; with at-least-once, then
-    /// commits their input offsets through the consumer.
+    /// tasks' round trips to the cluster overlap; then commits through the
+    /// consumer the input offsets that no transaction holds: with
+    /// at-least-once, all of them (waiting for the answer), and with
+    /// exactly-once those of the tasks with stores (without waiting: they
+    /// only show the group's progress).
     pub(super) fn commit<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>) -> Result<(), RuntimeError> {
         let started = Instant::now();
         let group = consumer
@@ -630,28 +717,27 @@ impl Engine {
         let committed = on_threads(tasks, |(id, running)| {
             Self::commit_task(id, running, &group).map_err(|error| fenced(error, app, id))
         })?;
-        let committed: Vec<TopicPartitionList> = committed.into_iter().flatten().collect();
-        if self.shared.is_some() {
-            let mut offsets = TopicPartitionList::new();
-            for element in committed.iter().flat_map(TopicPartitionList::elements) {
-                offsets.add_partition_offset(element.topic(), element.partition(), element.offset())?;
-            }
-            if offsets.count() > 0 {
-                consumer.commit(&offsets, CommitMode::Sync)?;
-            }
+        let committed: Vec<Committed> = committed.into_iter().flatten().collect();
+        let mut offsets = TopicPartitionList::new();
+        for element in committed.iter().filter(|c| !c.in_transaction).flat_map(|c| c.offsets.elements()) {
+            offsets.add_partition_offset(element.topic(), element.partition(), element.offset())?;
+        }
+        if offsets.count() > 0 {
+            let mode = if self.shared.is_some() { CommitMode::Sync } else { CommitMode::Async };
+            consumer.commit(&offsets, mode)?;
         }
         self.last_commit = Instant::now();
         self.publish_metrics((!committed.is_empty()).then(|| started.elapsed()));
         Ok(())
     }
 
-    /// Commits one task; returns the input offsets committed, or `None` if
-    /// the task had nothing to commit.
+    /// Commits one task; returns its input offsets, or `None` if the task
+    /// had nothing to commit.
     fn commit_task(
         id: TaskId,
         running: &mut Running,
         group: &Arc<ConsumerGroupMetadata>,
-    ) -> Result<Option<TopicPartitionList>, RuntimeError> {
+    ) -> Result<Option<Committed>, RuntimeError> {
         let number = running.commits + 1;
         let tag = restore::commit_headers(&running.session, number);
         running.task.prepare_commit(&tag);
@@ -699,7 +785,12 @@ impl Engine {
         for ((topic, partition), offset) in &running.positions {
             offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
-        running.writer.commit(&offsets, group)?;
+        // A task with stores has its positions in its changelog: its
+        // transaction needs no round trips to the group's coordinator (nor
+        // is it stuck when that moves, see `writer::send_offsets`).
+        let in_transaction = changelogs.is_empty() && running.writer.is_transactional();
+        let none = TopicPartitionList::new();
+        running.writer.commit(if in_transaction { &offsets } else { &none }, group)?;
         tracing::debug!(task = %id, number, ?offsets, "committed");
         running.commits = number;
         running.clock = Some(clock);
@@ -708,7 +799,7 @@ impl Engine {
         }
         running.task.commit()?;
         crash::at("stores_written");
-        Ok(Some(offsets))
+        Ok(Some(Committed { offsets, in_transaction }))
     }
 
     /// Closes the tasks that read one of `partitions` (being revoked), with a

@@ -14,6 +14,13 @@
 //! in the state directory, so that an instance restarted after a crash gets
 //! its partitions back at once (see [`Membership`]).
 //!
+//! **Tables first.** A task that reads tables and streams (a stream–table
+//! join) reads its table partitions up to where they end at its opening
+//! before its stream partitions, which stay paused until then: after
+//! downtime, or while a table's leader is down, the join does not run ahead
+//! of its table. (Kafka Streams orders a task's records by timestamp across
+//! its partitions; stream-core processes them in the order they come.)
+//!
 //! **Rebalancing.** With Kafka's classic group protocol and its default
 //! assignors, every rebalance revokes every partition: each instance commits
 //! and closes all its tasks, then opens (restores) those it is given. With an
@@ -293,6 +300,7 @@ impl Runtime {
         }
         let mut engine = self.engine()?;
         engine.open_pending(&self.consumer)?;
+        engine.resume_caught_up(&self.consumer, || self.consumer.context().fetched())?;
         engine.serve_deliveries();
         if engine.last_commit.elapsed() >= engine.config.commit_interval {
             engine.advance_wall_clock(now_millis())?;

@@ -1,8 +1,9 @@
 //! The runtime consumer's context: librdkafka's rebalance callback (which
 //! runs during `poll`, on the runtime's thread) opens the tasks of assigned
 //! partitions and commits and closes those of revoked ones; the statistics
-//! callback reports consumer lag.
+//! callback reports consumer lag and where the consumer fetches.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
@@ -20,11 +21,19 @@ pub(super) struct Rebalancing {
     pub(super) metrics: MetricsHandle,
     /// A fatal error met in a callback, returned by the next `step`.
     failure: Mutex<Option<RuntimeError>>,
+    /// The next offset the consumer fetches, per partition, as of the last statistics.
+    fetched: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl Rebalancing {
     pub(super) fn new(engine: Arc<Mutex<Engine>>, metrics: MetricsHandle) -> Rebalancing {
-        Rebalancing { engine, metrics, failure: Mutex::new(None) }
+        Rebalancing { engine, metrics, failure: Mutex::new(None), fetched: Mutex::default() }
+    }
+
+    /// The next offset the consumer fetches, per partition (from the
+    /// statistics, every second).
+    pub(super) fn fetched(&self) -> HashMap<(String, i32), i64> {
+        self.fetched.lock().map(|f| f.clone()).unwrap_or_default()
     }
 
     pub(super) fn engine(&self) -> Result<MutexGuard<'_, Engine>, RuntimeError> {
@@ -54,6 +63,15 @@ impl ClientContext for Rebalancing {
         });
         let lag = lag.collect();
         self.metrics.update(|m| m.lag = lag);
+        let fetched = statistics.topics.iter().flat_map(|(topic, t)| {
+            t.partitions
+                .iter()
+                .filter(|(p, s)| **p >= 0 && s.next_offset >= 0)
+                .map(|(p, s)| ((topic.clone(), *p), s.next_offset))
+        });
+        if let Ok(mut positions) = self.fetched.lock() {
+            *positions = fetched.collect();
+        }
     }
 }
 

@@ -3,8 +3,9 @@
 //! Exactly-once: each task has its own transactional producer
 //! (`transactional.id` = `<application-id>-<task>`), so the instance that
 //! opens a task fences every earlier owner of it; a commit is one
-//! transaction holding the task's outputs, changelog records and input
-//! offsets. At-least-once: the tasks share one idempotent producer; a commit
+//! transaction holding the task's outputs and changelog records, and the
+//! input offsets of a task without stores (one with stores keeps its
+//! positions in its changelog). At-least-once: the tasks share one idempotent producer; a commit
 //! flushes it, then the runtime commits the offsets through the consumer.
 
 use std::collections::HashMap;
@@ -26,7 +27,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Which guarantee the runtime gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Guarantee {
-    /// Outputs, changelog records and input offsets of a commit are written
+    /// Outputs, changelog records and input positions of a commit are written
     /// in one Kafka transaction: every input record affects state and
     /// outputs once, even across crashes (the default).
     #[default]
@@ -121,9 +122,11 @@ fn drain(producer: &TaskProducer) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// How long [`send_offsets`] waits for its call: longer than a group
-/// coordinator takes to move to another broker.
-const OFFSETS_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long [`send_offsets`] waits for its call: about as long as a group
+/// coordinator takes to move off a dead broker (which Kafka notices after
+/// `broker.session.timeout.ms`, 9 s by default). Giving up on a call that
+/// would have returned costs a rewind.
+const OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Adds `offsets` of `group` to `producer`'s open transaction, on a thread
 /// of its own. librdkafka (2.12) can block there forever, whatever the
@@ -214,6 +217,11 @@ impl Writer {
             }
             Writer::Shared(producer) => Ok(producer),
         }
+    }
+
+    /// Whether this is a task's own transactional producer.
+    pub(crate) fn is_transactional(&self) -> bool {
+        matches!(self, Writer::Transactional(..))
     }
 
     /// Whether a transaction holds records not committed yet.

@@ -17,6 +17,8 @@ use crate::processor::Data;
 pub(crate) struct Graph {
     pub(crate) nodes: Vec<NodeDef>,
     pub(crate) stores: Vec<String>,
+    /// The source topics read as tables.
+    pub(crate) tables: Vec<Topic>,
     /// Errors found while describing; reported by `build`.
     pub(crate) errors: Vec<TopologyError>,
 }
@@ -118,7 +120,10 @@ impl StreamsBuilder {
                 }
             }
         }
-        let subtopologies = split(&nodes);
+        let mut subtopologies = split(&nodes);
+        for sub in &mut subtopologies {
+            sub.tables = sub.sources.iter().filter(|t| graph.tables.contains(t)).cloned().collect();
+        }
         Ok(Topology { nodes: Arc::new(nodes), subtopologies: Arc::new(subtopologies) })
     }
 }
@@ -161,6 +166,7 @@ fn split(nodes: &[NodeDef]) -> Vec<SubTopology> {
             sources: Vec::new(),
             sinks: Vec::new(),
             stores: Vec::new(),
+            tables: Vec::new(),
         });
         sub.nodes.push(id);
         match &node.kind {

@@ -96,6 +96,8 @@ pub(crate) struct SubTopology {
     pub(crate) sources: Vec<Topic>,
     pub(crate) sinks: Vec<Topic>,
     pub(crate) stores: Vec<String>,
+    /// The sources read as tables (see [`crate::StreamsBuilder::table`]).
+    pub(crate) tables: Vec<Topic>,
 }
 
 /// Identifies a task: a sub-topology and an input partition. Displayed as `1_3`.

@@ -55,6 +55,7 @@ impl<K, V> Clone for KTable<K, V> {
 impl<K: Data, V: Data> KTable<K, V> {
     pub(crate) fn from_topic(graph: GraphRef, topic: Topic, consumed: Consumed<K, V>, store: &str) -> Self {
         graph.borrow_mut().add_store(store);
+        graph.borrow_mut().tables.push(topic.clone());
         let values = consumed.values.clone();
         let decoder: ValueDecoder<Option<V>> = Arc::new(move |bytes| bytes.map(|b| values.decode(b)).transpose());
         let source = source::add_source(&graph, vec![topic], consumed.keys.clone(), decoder);
