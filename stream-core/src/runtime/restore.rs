@@ -301,7 +301,18 @@ fn replay(
         assign(reader, (topic, partition), start)?;
     }
     loop {
-        let Some(message) = reader.poll(Duration::from_millis(100)) else {
+        let message = match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => Some(message),
+            // librdkafka reports a broker it cannot reach (a new reader, a
+            // node down) and retries on its own: the wait goes on.
+            Some(Err(error)) if super::is_retriable(&error) => {
+                tracing::debug!(%topic, partition, %error, "restore reader");
+                None
+            }
+            Some(Err(error)) => return Err(error.into()),
+            None => None,
+        };
+        let Some(message) = message else {
             let quiet = last_message.elapsed();
             if switched.is_none() && quiet > STALL && last_check.elapsed() > STALL {
                 last_check = Instant::now();
@@ -328,7 +339,6 @@ fn replay(
             }
             continue;
         };
-        let message = message?;
         (last_message, next) = (Instant::now(), Offset::Offset(message.offset() + 1));
         if message.key() == Some(MARKER_KEY) {
             let marker: Option<Marker> = message.payload().and_then(|p| serde_json::from_slice(p).ok());
