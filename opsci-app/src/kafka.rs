@@ -9,7 +9,7 @@ use stream_core::runtime::{ensure_topics, TopicSpec};
 use crate::topology::Topics;
 
 /// Where the app's topics are.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
@@ -27,6 +27,16 @@ pub fn deliver(producer: &FutureProducer, record: FutureRecord<'_, str, str>) ->
         Ok(Ok(_)) => Ok(()),
         Ok(Err((error, _))) => Err(error),
         Err(_) => Err(KafkaError::Canceled),
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("properties", &stream_core::runtime::PropertyKeys(&self.properties))
+            .finish()
     }
 }
 

@@ -9,7 +9,7 @@ use super::writer::Guarantee;
 use crate::config::StreamsConfig;
 
 /// Settings of the Kafka runtime.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RuntimeConfig {
     /// Application id, error policies, state backend (the state directory).
     pub streams: StreamsConfig,
@@ -40,6 +40,38 @@ pub struct RuntimeConfig {
     /// `producer.` or `admin.` goes to that kind of client only, without the
     /// prefix (`consumer.session.timeout.ms`). Values are never logged.
     pub properties: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("streams", &self.streams)
+            .field("guarantee", &self.guarantee)
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("commit_interval", &self.commit_interval)
+            .field("replication_factor", &self.replication_factor)
+            .field("startup_timeout", &self.startup_timeout)
+            .field("task_timeout", &self.task_timeout)
+            .field("membership", &self.membership)
+            .field("properties", &PropertyKeys(&self.properties))
+            .finish()
+    }
+}
+
+/// Shows librdkafka properties' keys, never their values (which may be
+/// secrets): `{"sasl.password": ..}`.
+pub struct PropertyKeys<'a>(pub &'a [(String, String)]);
+
+impl std::fmt::Debug for PropertyKeys<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Hidden;
+        impl std::fmt::Debug for Hidden {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("..")
+            }
+        }
+        f.debug_map().entries(self.0.iter().map(|(key, _)| (key, Hidden))).finish()
+    }
 }
 
 /// The kind of client a configuration is made for (see [`RuntimeConfig::properties`]).
@@ -108,6 +140,14 @@ impl RuntimeConfig {
 mod tests {
     use super::{ClientKind, RuntimeConfig};
     use crate::config::StreamsConfig;
+
+    #[test]
+    fn debug_output_shows_property_keys_not_values() {
+        let mut config = RuntimeConfig::new(StreamsConfig::new("app"), "localhost:9092");
+        config.properties.push(("sasl.password".into(), "hunter2".into()));
+        let shown = format!("{config:?}");
+        assert!(shown.contains("sasl.password") && !shown.contains("hunter2"), "{shown}");
+    }
 
     #[test]
     fn a_prefixed_property_goes_to_its_kind_of_client_only() {

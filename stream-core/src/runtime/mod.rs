@@ -101,7 +101,7 @@ use crate::error::StreamError;
 use crate::topology::Topology;
 pub use admin::{ensure_topics, TopicSpec};
 use config::ClientKind;
-pub use config::RuntimeConfig;
+pub use config::{PropertyKeys, RuntimeConfig};
 use engine::Engine;
 pub use error::{is_retriable, RuntimeError};
 pub use membership::Membership;
