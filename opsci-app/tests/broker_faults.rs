@@ -137,7 +137,8 @@ fn check(broker: &Broker, fold: &Fold, within: Duration) -> Duration {
         o.stock == expected && o.catalogue >= PRODUCTS as usize + fold.applied && o.errors >= fold.rejected
     });
     let took = started.elapsed();
-    assert_eq!(seen.stock, expected, "stock per product; {}", visibility(broker, &format!("{APP}-stock-changelog")));
+    let changelog = format!("{APP}-stock-changelog");
+    assert_eq!(seen.stock, expected, "stock per product; {}; {}", visibility(broker, &changelog), leaders(broker));
     assert_eq!(
         seen.catalogue,
         PRODUCTS as usize + fold.applied,
@@ -171,6 +172,22 @@ fn visibility(broker: &Broker, topic: &str) -> String {
     format!(
         "{topic} per partition: read committed {committed:?}, uncommitted {uncommitted:?}, high watermarks {ends:?}"
     )
+}
+
+/// The partitions that lack a leader or replicas in sync, per topic (for a
+/// failing check's message: what the cluster could not serve).
+fn leaders(broker: &Broker) -> String {
+    let client: rdkafka::consumer::BaseConsumer = broker.client_config().create().expect("metadata client");
+    let Ok(metadata) = rdkafka::consumer::Consumer::fetch_metadata(&client, None, Duration::from_secs(10)) else {
+        return "no metadata".to_string();
+    };
+    let mut degraded = Vec::new();
+    for topic in metadata.topics() {
+        for p in topic.partitions().iter().filter(|p| p.leader() < 0 || p.isr().len() < p.replicas().len()) {
+            degraded.push(format!("{}/{} leader {} isr {:?}", topic.name(), p.id(), p.leader(), p.isr()));
+        }
+    }
+    format!("partitions without a leader or with replicas out of sync: {degraded:?}")
 }
 
 /// [`check`], printing the end of `app`'s log if it fails.

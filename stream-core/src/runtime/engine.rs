@@ -32,6 +32,7 @@ use super::crash;
 use super::dedupe::Seen;
 use super::metrics::{MetricsHandle, TaskStatus};
 use super::query::Views;
+use super::rebalance::Fetched;
 use super::restore;
 use super::retry::Waiting;
 use super::writer::{self, Writer};
@@ -43,6 +44,10 @@ use crate::task::{StreamClock, Task};
 use crate::topology::{TaskId, Topology};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a task's opening waits for where its tables end (see
+/// [`Engine::resume_caught_up`]); past it, the end comes from the fetches.
+const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Most threads used to open or commit tasks side by side.
 const PARALLELISM: usize = 8;
@@ -112,8 +117,9 @@ struct Running {
     clock: Option<StreamClock>,
     restored: u64,
     /// Its table partitions not read up to their end as of its opening, with
-    /// that end; its other partitions are paused until they are.
-    catching_up: Vec<((String, i32), i64)>,
+    /// that end (`None` until known); its other partitions are paused until
+    /// they are.
+    catching_up: Vec<((String, i32), Option<i64>)>,
 }
 
 /// The assigned partitions whose tasks wait to be opened, because opening
@@ -457,12 +463,13 @@ impl Engine {
 
     /// Resumes the streams of the tasks whose tables were read up to where
     /// they ended at their opening: processed past it, or `fetched` past
-    /// it (the next offset the consumer fetches, per partition, which passes
-    /// the transaction markers that end a partition written transactionally).
+    /// it (per partition, the next offset the consumer fetches, which passes
+    /// the transaction markers that end a partition written transactionally,
+    /// and the partition's end, as of the last fetches).
     pub(super) fn resume_caught_up<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
-        fetched: impl FnOnce() -> HashMap<(String, i32), i64>,
+        fetched: impl FnOnce() -> HashMap<(String, i32), Fetched>,
     ) -> Result<(), RuntimeError> {
         if self.tasks.values().all(|r| r.catching_up.is_empty()) {
             return Ok(());
@@ -471,10 +478,12 @@ impl Engine {
         let mut resumed = TopicPartitionList::new();
         for (id, running) in self.tasks.iter_mut().filter(|(_, r)| !r.catching_up.is_empty()) {
             let (positions, committed) = (&running.positions, &running.committed);
-            running.catching_up.retain(|(partition, end)| {
+            running.catching_up.retain_mut(|(partition, end)| {
+                let seen = fetched.get(partition);
+                let Some(end) = end.or_else(|| seen.map(|f| f.end)) else { return true };
                 let processed = positions.get(&(Arc::from(partition.0.as_str()), partition.1));
-                let reached = [processed, committed.get(partition), fetched.get(partition)];
-                reached.into_iter().flatten().all(|offset| offset < end)
+                let reached = [processed, committed.get(partition), seen.map(|f| &f.next)];
+                reached.into_iter().flatten().all(|offset| *offset < end)
             });
             if running.catching_up.is_empty() {
                 tracing::info!(task = %id, "tables read up to their end at opening: streams resumed");
@@ -623,11 +632,19 @@ impl Engine {
                 .map(str::to_string)
                 .partition(|t| self.readers.get(t.as_str()).is_some_and(|r| r.table));
             for topic in tables.into_iter().filter(|_| !streams.is_empty()) {
-                let (low, end) = consumer.fetch_watermarks(&topic, partition, TIMEOUT)?;
-                let from = running.committed.get(&(topic.clone(), partition)).copied().unwrap_or(low);
-                if from < end {
-                    running.catching_up.push(((topic, partition), end));
-                }
+                // A leader just elected may not answer yet (its high watermark
+                // not caught up): the end then comes from the first fetches.
+                let end = match consumer.fetch_watermarks(&topic, partition, WATERMARKS_TIMEOUT) {
+                    Ok((low, end)) => {
+                        let from = running.committed.get(&(topic.clone(), partition)).copied().unwrap_or(low);
+                        if from >= end {
+                            continue;
+                        }
+                        Some(end)
+                    }
+                    Err(_) => None,
+                };
+                running.catching_up.push(((topic, partition), end));
             }
             tracing::info!(task = %id, session = %running.session, positions = %positions.join(" "),
                 catching_up = running.catching_up.len(), "task opened");

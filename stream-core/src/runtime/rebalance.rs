@@ -21,8 +21,17 @@ pub(super) struct Rebalancing {
     pub(super) metrics: MetricsHandle,
     /// A fatal error met in a callback, returned by the next `step`.
     failure: Mutex<Option<RuntimeError>>,
-    /// The next offset the consumer fetches, per partition, as of the last statistics.
-    fetched: Mutex<HashMap<(String, i32), i64>>,
+    /// Where the consumer fetches, per partition, as of the last statistics.
+    fetched: Mutex<HashMap<(String, i32), Fetched>>,
+}
+
+/// Where the consumer fetches a partition.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Fetched {
+    /// The next offset it fetches.
+    pub(super) next: i64,
+    /// Where the partition ends: its last stable offset with `read_committed`.
+    pub(super) end: i64,
 }
 
 impl Rebalancing {
@@ -30,9 +39,9 @@ impl Rebalancing {
         Rebalancing { engine, metrics, failure: Mutex::new(None), fetched: Mutex::default() }
     }
 
-    /// The next offset the consumer fetches, per partition (from the
-    /// statistics, every second).
-    pub(super) fn fetched(&self) -> HashMap<(String, i32), i64> {
+    /// Where the consumer fetches, per partition (from the statistics,
+    /// every second).
+    pub(super) fn fetched(&self) -> HashMap<(String, i32), Fetched> {
         self.fetched.lock().map(|f| f.clone()).unwrap_or_default()
     }
 
@@ -64,10 +73,11 @@ impl ClientContext for Rebalancing {
         let lag = lag.collect();
         self.metrics.update(|m| m.lag = lag);
         let fetched = statistics.topics.iter().flat_map(|(topic, t)| {
-            t.partitions
-                .iter()
-                .filter(|(p, s)| **p >= 0 && s.next_offset >= 0)
-                .map(|(p, s)| ((topic.clone(), *p), s.next_offset))
+            t.partitions.iter().filter_map(move |(p, s)| {
+                let end = if s.ls_offset >= 0 { s.ls_offset } else { s.hi_offset };
+                (*p >= 0 && s.next_offset >= 0 && end >= 0)
+                    .then(|| ((topic.clone(), *p), Fetched { next: s.next_offset, end }))
+            })
         });
         if let Ok(mut positions) = self.fetched.lock() {
             *positions = fetched.collect();
