@@ -7,10 +7,10 @@
 //! input positions and de-duplication entries (all three as changelog
 //! records tagged with the commit), then, once all of that is stored, one
 //! commit record per changelog. Restoration (see `restore`) relies on the
-//! changelogs alone, so the group's offsets of such a task are committed
-//! after its transaction, through the consumer, to show progress only. A
-//! task without stores is positioned by the group's offsets: its
-//! transaction holds them, with its outputs. A task closed right after a
+//! changelogs alone, so the group's offsets of such a task are not
+//! committed (its lag is in the runtime's metrics). A task without stores
+//! is positioned by the group's offsets: its transaction holds them, with
+//! its outputs. A task closed right after a
 //! successful commit leaves a local checkpoint (see `checkpoint`).
 //!
 //! Opening (fencing, restoring) and committing wait mostly on the cluster, so
@@ -79,13 +79,6 @@ fn on_threads<T: Send, R: Send>(
         }
         Ok(results)
     })
-}
-
-/// The input offsets of a task's commit, and whether its transaction
-/// committed them to the group.
-struct Committed {
-    offsets: TopicPartitionList,
-    in_transaction: bool,
 }
 
 /// `error`, as [`RuntimeError::Fenced`] if it says that task `id` was fenced.
@@ -718,11 +711,8 @@ impl Engine {
 
     /// Commits every task that did something since its last commit (see the
     /// [module docs](self)), on up to [`PARALLELISM`] threads so that the
-    /// tasks' round trips to the cluster overlap; then commits through the
-    /// consumer the input offsets that no transaction holds: with
-    /// at-least-once, all of them (waiting for the answer), and with
-    /// exactly-once those of the tasks with stores (without waiting: they
-    /// only show the group's progress).
+    /// tasks' round trips to the cluster overlap; with at-least-once, then
+    /// commits their input offsets through the consumer.
     pub(super) fn commit<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>) -> Result<(), RuntimeError> {
         let started = Instant::now();
         let group = consumer
@@ -734,14 +724,15 @@ impl Engine {
         let committed = on_threads(tasks, |(id, running)| {
             Self::commit_task(id, running, &group).map_err(|error| fenced(error, app, id))
         })?;
-        let committed: Vec<Committed> = committed.into_iter().flatten().collect();
-        let mut offsets = TopicPartitionList::new();
-        for element in committed.iter().filter(|c| !c.in_transaction).flat_map(|c| c.offsets.elements()) {
-            offsets.add_partition_offset(element.topic(), element.partition(), element.offset())?;
-        }
-        if offsets.count() > 0 {
-            let mode = if self.shared.is_some() { CommitMode::Sync } else { CommitMode::Async };
-            consumer.commit(&offsets, mode)?;
+        let committed: Vec<TopicPartitionList> = committed.into_iter().flatten().collect();
+        if self.shared.is_some() {
+            let mut offsets = TopicPartitionList::new();
+            for element in committed.iter().flat_map(TopicPartitionList::elements) {
+                offsets.add_partition_offset(element.topic(), element.partition(), element.offset())?;
+            }
+            if offsets.count() > 0 {
+                consumer.commit(&offsets, CommitMode::Sync)?;
+            }
         }
         self.last_commit = Instant::now();
         self.publish_metrics((!committed.is_empty()).then(|| started.elapsed()));
@@ -754,7 +745,7 @@ impl Engine {
         id: TaskId,
         running: &mut Running,
         group: &Arc<ConsumerGroupMetadata>,
-    ) -> Result<Option<Committed>, RuntimeError> {
+    ) -> Result<Option<TopicPartitionList>, RuntimeError> {
         let number = running.commits + 1;
         let tag = restore::commit_headers(&running.session, number);
         running.task.prepare_commit(&tag);
@@ -816,7 +807,7 @@ impl Engine {
         }
         running.task.commit()?;
         crash::at("stores_written");
-        Ok(Some(Committed { offsets, in_transaction }))
+        Ok(Some(offsets))
     }
 
     /// Closes the tasks that read one of `partitions` (being revoked), with a
