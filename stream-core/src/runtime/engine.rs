@@ -796,9 +796,8 @@ impl Engine {
         // A task with stores has its positions in its changelog: its
         // transaction needs no round trips to the group's coordinator (nor
         // is it stuck when that moves, see `writer::send_offsets`).
-        let in_transaction = changelogs.is_empty() && running.writer.is_transactional();
         let none = TopicPartitionList::new();
-        running.writer.commit(if in_transaction { &offsets } else { &none }, group)?;
+        running.writer.commit(if changelogs.is_empty() { &offsets } else { &none }, group)?;
         tracing::debug!(task = %id, number, ?offsets, "committed");
         running.commits = number;
         running.clock = Some(clock);

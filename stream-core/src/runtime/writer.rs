@@ -219,11 +219,6 @@ impl Writer {
         }
     }
 
-    /// Whether this is a task's own transactional producer.
-    pub(crate) fn is_transactional(&self) -> bool {
-        matches!(self, Writer::Transactional(..))
-    }
-
     /// Whether a transaction holds records not committed yet.
     pub(crate) fn is_open(&self) -> bool {
         matches!(self, Writer::Transactional(_, true))
