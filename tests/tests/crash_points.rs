@@ -78,7 +78,6 @@ impl Drop for Stop<'_> {
 on_each_broker!(
     after_the_outputs_are_flushed,
     between_the_commit_records_of_two_changelogs,
-    after_the_offsets_are_sent_to_the_transaction,
     before_commit_transaction,
     after_commit_transaction,
     after_the_local_store_is_written,
@@ -92,10 +91,6 @@ fn after_the_outputs_are_flushed(kind: BrokerKind) {
 
 fn between_the_commit_records_of_two_changelogs(kind: BrokerKind) {
     crash_at(kind, "between_commit_records", 12);
-}
-
-fn after_the_offsets_are_sent_to_the_transaction(kind: BrokerKind) {
-    crash_at(kind, "offsets_sent", 30);
 }
 
 fn before_commit_transaction(kind: BrokerKind) {

@@ -10,7 +10,6 @@
 //! |---|---|
 //! | `outputs_flushed` | a task's outputs and store changes are acknowledged, no commit record sent |
 //! | `between_commit_records` | the commit record of the first of several changelogs is acknowledged |
-//! | `offsets_sent` | the input offsets were added to the transaction |
 //! | `before_commit_transaction` | everything is acknowledged; `commit_transaction` is next |
 //! | `after_commit_transaction` | the transaction is committed; the local store is not written |
 //! | `stores_written` | the local store holds the commit |

@@ -14,8 +14,8 @@
 //! Apache Kafka, which hides aborted records, nothing is ever skipped.
 //!
 //! What a task has seen is part of its state: it is written to the task's
-//! first changelog (keys starting with [`PREFIX`]) in the same commit as the
-//! stores, and restored with them.
+//! first changelog, or its positions topic (keys starting with [`PREFIX`]),
+//! in the same commit as the stores, and restored with them.
 
 use std::collections::{HashMap, HashSet};
 
@@ -95,12 +95,6 @@ impl Seen {
     /// Whether a changelog key is one of these entries.
     pub(crate) fn is_entry(key: &[u8]) -> bool {
         key.starts_with(PREFIX)
-    }
-
-    /// Drops the changes since [`Seen::take_changes`] (a task without
-    /// changelogs has nowhere to write them).
-    pub(crate) fn forget_changes(&mut self) {
-        self.changed.clear();
     }
 
     /// Applies one restored entry; malformed entries, and those written

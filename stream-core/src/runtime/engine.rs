@@ -2,15 +2,15 @@
 //! consumer's rebalance callback, which opens (fences, restores) the tasks of
 //! assigned partitions and commits and closes those of revoked ones.
 //!
-//! A commit of a task with stores writes, in one transaction: the outputs of
-//! the records processed since the last commit, the stores' changes, the new
-//! input positions and de-duplication entries (all three as changelog
-//! records tagged with the commit), then, once all of that is stored, one
-//! commit record per changelog. Restoration (see `restore`) relies on the
-//! changelogs alone, so the group's offsets of such a task are not
-//! committed (its lag is in the runtime's metrics). A task without stores
-//! is positioned by the group's offsets: its transaction holds them, with
-//! its outputs. A task closed right after a
+//! A commit of a task writes, in one transaction: the outputs of the records
+//! processed since the last commit, the stores' changes, the new input
+//! positions and de-duplication entries (all three as changelog records
+//! tagged with the commit), then, once all of that is stored, one commit
+//! record per changelog. A task without stores writes its positions and
+//! commit records to its sub-topology's positions topic. Restoration (see
+//! `restore`) relies on these logs alone, so with exactly-once no group
+//! offsets are committed (the lag is in the runtime's metrics), and no
+//! commit waits on the group's coordinator. A task closed right after a
 //! successful commit leaves a local checkpoint (see `checkpoint`).
 //!
 //! Opening (fencing, restoring) and committing wait mostly on the cluster, so
@@ -20,10 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, RebalanceProtocol,
-};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -97,6 +94,8 @@ fn fenced(error: RuntimeError, application_id: &str, id: TaskId) -> RuntimeError
 struct Running {
     task: Task,
     writer: Writer,
+    /// Where it keeps its commits (see `restore::commit_logs`).
+    logs: Vec<Arc<str>>,
     /// Identifies this opening of the task in its changelog records.
     session: String,
     /// Number of its last commit in this session.
@@ -248,6 +247,7 @@ impl Opener<'_> {
                 continue;
             };
             return Ok(Running {
+                logs: restore::commit_logs(self.config, id, &task),
                 task,
                 writer,
                 session,
@@ -553,8 +553,7 @@ impl Engine {
 
     /// Opens the tasks of the `assigned` partitions: fences their earlier
     /// owners, restores their stores to their last complete commit, and sets
-    /// `assigned`'s offsets to that commit's positions (the group's committed
-    /// offsets for tasks without stores).
+    /// `assigned`'s offsets to that commit's positions.
     fn open_tasks<C: ConsumerContext>(
         &mut self,
         consumer: &impl Consumer<C>,
@@ -588,12 +587,13 @@ impl Engine {
         for (id, running) in opened {
             self.restored += running.restored;
             let partition = id.partition as i32;
-            // A task with stores resumes where the commit it restored left its
-            // inputs (from the beginning if none): state and positions come from
-            // the same commit. The group's offsets may lag behind or lose
-            // commits on the test broker; they only serve stateless tasks, which
-            // at worst process some records again.
-            let committed = if running.task.changelogs().is_empty() {
+            // A task resumes where the commit it restored left its inputs:
+            // state and positions come from the same commit. A task without
+            // stores that never committed to its positions topic starts where
+            // the group's offsets say (versions before 0.2 kept its positions
+            // there, and at-least-once still commits them), else from the
+            // beginning.
+            let committed = if running.task.changelogs().is_empty() && running.committed.is_empty() {
                 let mut query = TopicPartitionList::new();
                 for topic in running.task.source_topics() {
                     query.add_partition(topic, partition);
@@ -715,15 +715,10 @@ impl Engine {
     /// commits their input offsets through the consumer.
     pub(super) fn commit<C: ConsumerContext>(&mut self, consumer: &impl Consumer<C>) -> Result<(), RuntimeError> {
         let started = Instant::now();
-        let group = consumer
-            .group_metadata()
-            .map(Arc::new)
-            .ok_or_else(|| KafkaError::Subscription("the consumer has no group metadata".into()))?;
         let tasks: Vec<(TaskId, &mut Running)> = self.tasks.iter_mut().map(|(id, r)| (*id, r)).collect();
         let app = &self.config.streams.application_id;
-        let committed = on_threads(tasks, |(id, running)| {
-            Self::commit_task(id, running, &group).map_err(|error| fenced(error, app, id))
-        })?;
+        let committed =
+            on_threads(tasks, |(id, running)| Self::commit_task(id, running).map_err(|error| fenced(error, app, id)))?;
         let committed: Vec<TopicPartitionList> = committed.into_iter().flatten().collect();
         if self.shared.is_some() {
             let mut offsets = TopicPartitionList::new();
@@ -741,21 +736,13 @@ impl Engine {
 
     /// Commits one task; returns its input offsets, or `None` if the task
     /// had nothing to commit.
-    fn commit_task(
-        id: TaskId,
-        running: &mut Running,
-        group: &Arc<ConsumerGroupMetadata>,
-    ) -> Result<Option<TopicPartitionList>, RuntimeError> {
+    fn commit_task(id: TaskId, running: &mut Running) -> Result<Option<TopicPartitionList>, RuntimeError> {
         let number = running.commits + 1;
         let tag = restore::commit_headers(&running.session, number);
         running.task.prepare_commit(&tag);
         let mut outputs = Vec::new();
         running.task.swap_output(&mut outputs);
-        let changelogs = running.task.changelogs();
-        if changelogs.is_empty() {
-            // Without a changelog, what the task saw lasts for this session only.
-            running.seen.forget_changes();
-        }
+        let changelogs = &running.logs;
         let idle = outputs.is_empty() && running.positions.is_empty() && !running.seen.has_changes();
         if idle && !running.writer.is_open() {
             return Ok(None);
@@ -769,35 +756,31 @@ impl Engine {
             record: RawRecord { key: Some(key), value: Some(value), timestamp: now_millis(), headers: tag.clone() },
         };
         let clock = running.task.stream_clock();
+        let positions = running.positions.iter().map(|((t, p), o)| restore::position_entry(t, *p, *o));
+        let clock_entry = (running.clock.as_ref() != Some(&clock)).then(|| restore::clock_entry(&clock));
         if let Some(first) = changelogs.first() {
-            let positions = running.positions.iter().map(|((t, p), o)| restore::position_entry(t, *p, *o));
-            let clock = (running.clock.as_ref() != Some(&clock)).then(|| restore::clock_entry(&clock));
-            for (key, value) in running.seen.take_changes().into_iter().chain(positions).chain(clock) {
+            for (key, value) in running.seen.take_changes().into_iter().chain(positions).chain(clock_entry) {
                 running.writer.send(&entry(first, key, value), &[])?;
             }
-            // The commit records go last, once everything else is stored: a
-            // commit record in the log means the whole commit is, outputs
-            // included, even if the transaction is then abandoned.
-            running.writer.flush()?;
-            crash::at("outputs_flushed");
-            for (i, changelog) in changelogs.iter().enumerate() {
-                let (key, value) = restore::commit_record(&running.session, number, changelogs);
-                running.writer.send(&entry(changelog, key, value), &[])?;
-                if i == 0 && changelogs.len() > 1 && crash::reached("between_commit_records") {
-                    running.writer.flush()?;
-                    crash::now("between_commit_records");
-                }
+        }
+        // The commit records go last, once everything else is stored: a
+        // commit record in the log means the whole commit is, outputs
+        // included, even if the transaction is then abandoned.
+        running.writer.flush()?;
+        crash::at("outputs_flushed");
+        for (i, changelog) in changelogs.iter().enumerate() {
+            let (key, value) = restore::commit_record(&running.session, number, changelogs);
+            running.writer.send(&entry(changelog, key, value), &[])?;
+            if i == 0 && changelogs.len() > 1 && crash::reached("between_commit_records") {
+                running.writer.flush()?;
+                crash::now("between_commit_records");
             }
         }
         let mut offsets = TopicPartitionList::new();
         for ((topic, partition), offset) in &running.positions {
             offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
-        // A task with stores has its positions in its changelog: its
-        // transaction needs no round trips to the group's coordinator (nor
-        // is it stuck when that moves, see `writer::send_offsets`).
-        let none = TopicPartitionList::new();
-        running.writer.commit(if changelogs.is_empty() { &offsets } else { &none }, group)?;
+        running.writer.commit()?;
         tracing::debug!(task = %id, number, ?offsets, "committed");
         running.commits = number;
         running.clock = Some(clock);
@@ -856,8 +839,7 @@ impl Engine {
         running.task.close();
         let partition = id.partition as i32;
         let changelogs: Option<BTreeMap<String, i64>> = running
-            .task
-            .changelogs()
+            .logs
             .iter()
             .map(|topic| Some((topic.to_string(), running.writer.boundary(topic, partition)?)))
             .collect();

@@ -63,16 +63,6 @@ pub enum RuntimeError {
         /// The partition's high watermark.
         end: i64,
     },
-    /// A call to the Kafka client did not return in time (librdkafka can
-    /// block in some calls past their timeout); the client is given up.
-    /// Retried.
-    #[error("kafka: `{call}` did not return within {} s; its client is given up", waited.as_secs())]
-    ClientStuck {
-        /// The call.
-        call: &'static str,
-        /// How long it was waited for.
-        waited: std::time::Duration,
-    },
     /// An internal topic exists with another partition count.
     #[error("topic `{topic}` has {found} partitions, {expected} expected; delete it or fix the source topics")]
     PartitionMismatch {
@@ -101,7 +91,7 @@ impl RuntimeError {
     pub fn is_retriable(&self) -> bool {
         match self {
             RuntimeError::Kafka(error) => is_retriable(error),
-            RuntimeError::RestoreStalled { .. } | RuntimeError::ClientStuck { .. } => true,
+            RuntimeError::RestoreStalled { .. } => true,
             _ => false,
         }
     }

@@ -50,10 +50,11 @@
 //! Recovery relies neither on the broker hiding the records of aborted
 //! transactions nor on the group's committed offsets (the test broker nisshi
 //! shows aborted records and commits some transactions' offsets late): a
-//! task with stores is restored from its changelogs alone, a commit's records
-//! being applied only if its commit records are there; records read from
-//! repartition topics are de-duplicated by provenance (see `dedupe`). The
-//! group's offsets only position tasks without stores.
+//! task is restored from its changelogs alone (a task without stores from
+//! its sub-topology's positions topic), a commit's records being applied
+//! only if its commit records are there; records read from repartition
+//! topics are de-duplicated by provenance (see `dedupe`). No commit waits
+//! on the group's coordinator.
 //!
 //! ```no_run
 //! use stream_core::runtime::{Runtime, RuntimeConfig};

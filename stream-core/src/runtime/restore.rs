@@ -31,6 +31,11 @@
 //!   commit, deterministically, so outputs it left behind are written again
 //!   identically.
 //!
+//! A task without stores writes its commits (positions, de-duplication
+//! entries, stream clock and commit records) to its sub-topology's
+//! positions topic instead, restored the same way: no task depends on the
+//! consumer group's coordinator to commit or to open.
+//!
 //! Compaction keeps what restoration needs: the last commit record of each
 //! session (one key per session) and, on Apache Kafka, whose cleaner drops
 //! aborted records, the last committed value of every other key.
@@ -42,6 +47,7 @@
 //! its marker twice: first to find the complete commits, then to apply them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -54,7 +60,7 @@ use super::writer::Writer;
 use super::{ClientKind, RuntimeConfig, RuntimeError};
 use crate::record::Headers;
 use crate::task::{StreamClock, Task};
-use crate::topology::TaskId;
+use crate::topology::{positions_topic, TaskId};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -170,6 +176,15 @@ fn commit_of<'a>(message: &'a BorrowedMessage<'_>) -> Option<(&'a str, u64)> {
     let value = headers.iter().find(|h| h.key == COMMIT_HEADER)?.value?;
     let (session, number) = std::str::from_utf8(value).ok()?.rsplit_once('/')?;
     Some((session, number.parse().ok()?))
+}
+
+/// The topics where task `id` keeps its commits: its stores' changelogs,
+/// or, for a task without stores, its sub-topology's positions topic.
+pub(crate) fn commit_logs(config: &RuntimeConfig, id: TaskId, task: &Task) -> Vec<Arc<str>> {
+    match task.changelogs() {
+        [] => vec![Arc::from(positions_topic(&config.streams.application_id, id.subtopology))],
+        changelogs => changelogs.to_vec(),
+    }
 }
 
 /// What restoration found besides the stores' contents.
@@ -369,10 +384,8 @@ pub(crate) fn restore(
     checkpoint: Option<&Checkpoint>,
 ) -> Result<Option<Restored>, RuntimeError> {
     let mut restored = Restored { positions: HashMap::new(), seen: Seen::default(), clock: None, records: 0 };
-    let changelogs: Vec<String> = task.changelogs().iter().map(|t| t.to_string()).collect();
-    if changelogs.is_empty() {
-        return Ok(Some(restored));
-    }
+    let changelogs: Vec<String> = commit_logs(config, id, task).iter().map(|t| t.to_string()).collect();
+    let stores = task.changelogs().len();
     let readers = Readers::new(config)?;
     let partition = id.partition as i32;
     let started = Instant::now();
@@ -451,7 +464,7 @@ pub(crate) fn restore(
                 skipped += 1;
                 return Ok(());
             }
-            if !entry(key, message.payload().unwrap_or_default()) {
+            if !entry(key, message.payload().unwrap_or_default()) && store < stores {
                 task.restore(store, key, message.payload())?;
                 restored.records += 1;
                 super::crash::at("mid_restore");

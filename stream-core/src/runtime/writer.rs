@@ -3,20 +3,19 @@
 //! Exactly-once: each task has its own transactional producer
 //! (`transactional.id` = `<application-id>-<task>`), so the instance that
 //! opens a task fences every earlier owner of it; a commit is one
-//! transaction holding the task's outputs and changelog records, and the
-//! input offsets of a task without stores (one with stores keeps its
-//! positions in its changelog). At-least-once: the tasks share one idempotent producer; a commit
-//! flushes it, then the runtime commits the offsets through the consumer.
+//! transaction holding the task's outputs and changelog records (its input
+//! positions among them). At-least-once: the tasks share one idempotent
+//! producer; a commit flushes it, then the runtime also commits the offsets
+//! through the consumer.
 
 use std::collections::HashMap;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientContext, Message, TopicPartitionList};
+use rdkafka::{ClientContext, Message};
 
 use super::{crash, restore, ClientKind, RuntimeConfig, RuntimeError};
 use crate::record::OutputRecord;
@@ -122,41 +121,6 @@ fn drain(producer: &TaskProducer) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// How long [`send_offsets`] waits for its call: about as long as a group
-/// coordinator takes to move off a dead broker (which Kafka notices after
-/// `broker.session.timeout.ms`, 9 s by default). Giving up on a call that
-/// would have returned costs a rewind.
-const OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Adds `offsets` of `group` to `producer`'s open transaction, on a thread
-/// of its own. librdkafka (2.12) can block there forever, whatever the
-/// timeout, when the group coordinator it was waiting for left the
-/// cluster's metadata, a broker killed, say (librdkafka issues 5456 and
-/// 5511): after [`OFFSETS_TIMEOUT`], the call is given up, leaving the
-/// producer to the blocked thread, and the commit fails as retriable. The
-/// task is then rewound, and its new producer fences this one.
-fn send_offsets(
-    producer: &Arc<TaskProducer>,
-    offsets: &TopicPartitionList,
-    group: &Arc<ConsumerGroupMetadata>,
-) -> Result<(), RuntimeError> {
-    let (done, result) = mpsc::sync_channel(1);
-    let call = {
-        let (producer, offsets, group) = (producer.clone(), offsets.clone(), group.clone());
-        move || {
-            let _ = done.send(producer.send_offsets_to_transaction(&offsets, &group, OFFSETS_TIMEOUT));
-        }
-    };
-    if std::thread::Builder::new().name("send-offsets".into()).spawn(call).is_err() {
-        // No thread to spare: the call is made here, unguarded.
-        return Ok(producer.send_offsets_to_transaction(offsets, group.as_ref(), OFFSETS_TIMEOUT)?);
-    }
-    match result.recv_timeout(OFFSETS_TIMEOUT + Duration::from_secs(2)) {
-        Ok(sent) => Ok(sent?),
-        Err(_) => Err(RuntimeError::ClientStuck { call: "send_offsets_to_transaction", waited: OFFSETS_TIMEOUT }),
-    }
-}
-
 /// The producer type of every writer.
 pub(crate) type TaskProducer = BaseProducer<Deliveries>;
 
@@ -180,9 +144,8 @@ pub(crate) fn shared_producer(config: &RuntimeConfig, topic: &str) -> Result<Arc
 
 /// One task's way of writing.
 pub(crate) enum Writer {
-    /// The task's own transactional producer (shared with a call that may
-    /// never return: see [`send_offsets`]); whether a transaction is open.
-    Transactional(Arc<TaskProducer>, bool),
+    /// The task's own transactional producer; whether a transaction is open.
+    Transactional(TaskProducer, bool),
     /// The runtime's shared producer.
     Shared(Arc<TaskProducer>),
 }
@@ -203,7 +166,7 @@ impl Writer {
         }
         let producer = connected(&client, topic)?;
         producer.init_transactions(TIMEOUT)?;
-        Ok(Writer::Transactional(Arc::new(producer), false))
+        Ok(Writer::Transactional(producer, false))
     }
 
     fn producer(&mut self) -> Result<&TaskProducer, KafkaError> {
@@ -328,21 +291,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Commits what was sent: with a transactional writer, in one transaction
-    /// with the consumer `offsets` of `group`; with the shared producer, by
-    /// flushing it (the caller then commits the offsets through the consumer).
-    pub(crate) fn commit(
-        &mut self,
-        offsets: &TopicPartitionList,
-        group: &Arc<ConsumerGroupMetadata>,
-    ) -> Result<(), RuntimeError> {
-        if let (Writer::Transactional(..), true) = (&self, offsets.count() > 0) {
-            self.producer()?;
-            if let Writer::Transactional(producer, _) = self {
-                send_offsets(producer, offsets, group)?;
-            }
-            crash::at("offsets_sent");
-        }
+    /// Commits what was sent: the transaction, or, with the shared
+    /// producer, by flushing it.
+    pub(crate) fn commit(&mut self) -> Result<(), RuntimeError> {
         if crash::reached("before_commit_transaction") {
             self.flush()?;
             crash::now("before_commit_transaction");

@@ -62,6 +62,12 @@ pub fn changelog_topic(app: &str, store: &str) -> String {
     format!("{app}-{store}-changelog")
 }
 
+/// The topic where the tasks of sub-topology `subtopology`, which has no
+/// store, keep their input positions (compacted, like a changelog).
+pub(crate) fn positions_topic(app: &str, subtopology: u32) -> String {
+    format!("{app}-subtopology-{subtopology}-positions-changelog")
+}
+
 #[derive(Clone)]
 pub(crate) enum NodeKind {
     Source(Vec<Topic>),
@@ -127,7 +133,8 @@ pub struct Topology {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionPlan {
     /// Every topic the topology reads or owns (sources, repartition and
-    /// changelog topics), by real name, with its partition count.
+    /// changelog topics, and the positions topic of each sub-topology
+    /// without stores), by real name, with its partition count.
     pub topics: BTreeMap<String, u32>,
     /// Every task, in order.
     pub tasks: Vec<TaskId>,
@@ -234,6 +241,9 @@ impl Topology {
             let n = sub_counts.first().copied().unwrap_or(1);
             for store in &sub.stores {
                 plan.topics.insert(changelog_topic(app, store), n);
+            }
+            if sub.stores.is_empty() {
+                plan.topics.insert(positions_topic(app, i as u32), n);
             }
             plan.tasks.extend((0..n).map(|p| TaskId { subtopology: i as u32, partition: p }));
         }
