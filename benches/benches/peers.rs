@@ -34,7 +34,7 @@
 //! Run with `cargo bench -p benches --bench peers` after
 //! `benches/peers/peers.sh install` (Maven and Python 3; the broker is
 //! installed as for the tests). Environment: `BENCH_RECORDS` (movements,
-//! 200 000), `BENCH_ROUNDS` (2), `BENCH_SYSTEMS` (a comma-separated subset
+//! 200 000), `BENCH_ROUNDS` (3: each system runs first once), `BENCH_SYSTEMS` (a comma-separated subset
 //! of `stream-core,kafka-streams,quix`), `BENCH_WORKLOAD`, `KS_HEAP` (the
 //! Kafka Streams JVM's `-Xmx`, 512m).
 
@@ -295,14 +295,15 @@ fn run(system: &str, workload: Workload, broker: &Broker, round: u64, expected: 
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    let n = values.len();
+    (values[(n - 1) / 2] + values[n / 2]) / 2.0
 }
 
 fn main() {
     // The broker inherits the environment: RUST_LOG would make nisshi log every request.
     std::env::remove_var("RUST_LOG");
     let records = number("BENCH_RECORDS", 200_000);
-    let rounds = number("BENCH_ROUNDS", 2);
+    let rounds = number("BENCH_ROUNDS", 3);
     let workload = match setting("BENCH_WORKLOAD", "fold").as_str() {
         "fold" => Workload::Fold,
         "opsci" => Workload::Opsci,
