@@ -72,6 +72,15 @@ final class Opsci {
         return builder.build();
     }
 
+    /** {@code text} as JSON, or null if it is not JSON. */
+    static JsonNode parse(String text) {
+        try {
+            return text == null ? null : JSON.readTree(text);
+        } catch (IOException e) {
+            return null;
+        }
+    }
+
     static String status(long stock, long reference) {
         long threshold = (Math.max(reference, 0) * 10 + 99) / 100;
         return stock <= 0 ? "empty" : stock < threshold ? "danger" : "safe";
@@ -113,12 +122,7 @@ final class Opsci {
         public void process(Record<String, String> record) {
             ObjectNode source = source(context.recordMetadata().orElseThrow());
             String text = record.value() == null ? "" : record.value();
-            JsonNode node;
-            try {
-                node = JSON.readTree(text);
-            } catch (IOException e) {
-                node = null;
-            }
+            JsonNode node = parse(text);
             String rejected = null;
             if (node == null || !node.isObject()) {
                 rejected = rejection("malformed_json", "detail", "not a JSON object", "malformed JSON", text, source);
@@ -157,27 +161,17 @@ final class Opsci {
 
         @Override
         public void process(Record<String, String> record) {
-            JsonNode envelope;
-            try {
-                envelope = JSON.readTree(record.value());
-            } catch (IOException e) {
-                throw new IllegalStateException("an envelope that is not JSON", e);
-            }
+            JsonNode envelope = parse(record.value());
             JsonNode movement = envelope.get("movement");
             JsonNode source = envelope.get("source");
             String text = movement.toString();
             ValueAndTimestamp<String> found = products.get(record.key());
-            if (found == null) {
+            JsonNode product = found == null ? null : parse(found.value());
+            if (product == null) {
                 long id = movement.get("id").asLong();
                 context.forward(record.withValue(new Outcome(
                         rejection("unknown_product", "id", id, "unknown product " + id, text, source), null, null)));
                 return;
-            }
-            JsonNode product;
-            try {
-                product = JSON.readTree(found.value());
-            } catch (IOException e) {
-                throw new IllegalStateException("a product that is not JSON", e);
             }
             long reference = product.path("stock_available").asLong();
             Long stored = stock.get(record.key());
@@ -219,13 +213,8 @@ final class Opsci {
 
         @Override
         public void process(Record<String, String> record) {
-            if (record.value() == null) {
-                return;
-            }
-            JsonNode product;
-            try {
-                product = JSON.readTree(record.value());
-            } catch (IOException e) {
+            JsonNode product = parse(record.value());
+            if (product == null) {
                 return;
             }
             Long stored = stock.get(record.key());
