@@ -11,7 +11,7 @@
 //! (`BENCH_WORKLOAD`):
 //!
 //! - `fold` (the default): JSON movements `{"id":7,"amount":3,"type":"IN"}`
-//!   keyed by product id over 1 000 products and 4 partitions, folded into
+//!   keyed by product id over 1 000 products (`BENCH_KEYS`) and 4 partitions, folded into
 //!   the stock per product in a RocksDB store, each new stock written out;
 //!   stream-core (`src/bin/stock-fold.rs`), Kafka Streams
 //!   (`peers/kafka-streams`, `groupByKey().aggregate()`, no record cache)
@@ -31,6 +31,12 @@
 //! stock of each product equals an independent fold of the input. Then the
 //! medians over the rounds, and each rate as a ratio to stream-core's.
 //!
+//! With `BENCH_RESTORE=1` (fold only), each run is then restarted without
+//! its state directory, so that it restores its store from the changelog,
+//! and one new movement is sent to each partition: it prints how long after
+//! the restart their outputs are in, and the peak RSS meanwhile. For the
+//! restore of 1 M keys: `BENCH_RESTORE=1 BENCH_KEYS=1000000 BENCH_RECORDS=1000000`.
+//!
 //! Run with `cargo bench -p benches --bench peers` after
 //! `benches/peers/peers.sh install` (Maven and Python 3; the broker is
 //! installed as for the tests). Environment: `BENCH_RECORDS` (movements,
@@ -44,9 +50,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::Broker;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use stream_core::partition_for_key;
 
 const PRODUCTS: u64 = 1_000;
 const PARTITIONS: i32 = 4;
@@ -73,8 +80,9 @@ enum Workload {
 
 /// The `i`-th movement: its product, its change of stock, and the record;
 /// in the opsci workload, one in a hundred is malformed (its change is not made).
-fn movement(i: u64, workload: Workload) -> (u64, i64, String) {
-    let id = (i * 7919) % PRODUCTS;
+fn movement(i: u64, workload: Workload, keys: u64) -> (u64, i64, String) {
+    // 7919 is prime: with fewer movements than keys, every product is new.
+    let id = (i * 7919) % keys;
     let amount = 1 + (i * 31) % 9;
     let (direction, delta) = if i % 3 == 0 { ("OUT", -(amount as i64)) } else { ("IN", amount as i64) };
     if workload == Workload::Opsci && i % 100 == 99 {
@@ -98,7 +106,7 @@ fn send(producer: &BaseProducer, topic: &str, key: &str, value: &str) {
 
 /// Loads the inputs; returns how many outputs each system must write, and
 /// for the fold the stock each product must end with.
-fn load(broker: &Broker, records: u64, workload: Workload) -> (u64, HashMap<String, i64>) {
+fn load(broker: &Broker, records: u64, workload: Workload, keys: u64) -> (u64, HashMap<String, i64>) {
     let producer: BaseProducer = broker
         .client_config()
         .set("partitioner", "murmur2_random")
@@ -112,7 +120,7 @@ fn load(broker: &Broker, records: u64, workload: Workload) -> (u64, HashMap<Stri
         Workload::Fold => {
             broker.create_topic(MOVEMENTS, PARTITIONS);
             for i in 0..records {
-                let (id, delta, value) = movement(i, workload);
+                let (id, delta, value) = movement(i, workload, keys);
                 *stock.entry(id.to_string()).or_default() += delta;
                 send(&producer, MOVEMENTS, &id.to_string(), &value);
             }
@@ -126,7 +134,7 @@ fn load(broker: &Broker, records: u64, workload: Workload) -> (u64, HashMap<Stri
             }
             producer.flush(Duration::from_secs(60)).expect("flush");
             for i in 0..records {
-                let (id, _, value) = movement(i, workload);
+                let (id, _, value) = movement(i, workload, PRODUCTS);
                 send(&producer, STOCK, &id.to_string(), &value);
             }
         }
@@ -172,6 +180,9 @@ fn command(system: &str, workload: Workload, broker: &Broker, app: &str, state: 
                 }
             };
             command.args([bootstrap, app, &state, MOVEMENTS, &output]);
+            // A static member: restarted, it takes its place in the group at
+            // once instead of waiting for the killed one's session to expire.
+            command.env("GROUP_INSTANCE_ID", format!("{app}-instance"));
             (command, Outputs { counted: vec![output], others: Vec::new() })
         }
         Workload::Opsci => {
@@ -217,17 +228,29 @@ fn usage(pid: u32) -> (f64, f64) {
 
 /// One run of one system.
 struct Run {
+    outputs: u64,
     start: f64,
     total: f64,
     steady: f64,
     cpu: f64,
     rss: f64,
+    /// With `BENCH_RESTORE`: seconds from the restart without local state
+    /// to the outputs of the probes, and the restarted process's peak RSS.
+    restore: Option<(f64, f64)>,
 }
 
-fn run(system: &str, workload: Workload, broker: &Broker, round: u64, expected: (u64, &HashMap<String, i64>)) -> Run {
+fn run(
+    system: &str,
+    workload: Workload,
+    broker: &Broker,
+    round: u64,
+    expected: (u64, &HashMap<String, i64>),
+    restore: bool,
+) -> Run {
     let dir = tempfile::tempdir().expect("temp dir");
     let app = format!("peers-{system}-{round}");
-    let (mut command, outputs) = command(system, workload, broker, &app, &dir.path().join("state"));
+    let state = dir.path().join("state");
+    let (mut command, outputs) = command(system, workload, broker, &app, &state);
     for topic in outputs.counted.iter().chain(&outputs.others) {
         broker.create_topic(topic, PARTITIONS);
     }
@@ -290,7 +313,66 @@ fn run(system: &str, workload: Workload, broker: &Broker, round: u64, expected: 
     }
     let (first, last) = (first.unwrap_or_default(), last.unwrap_or_default());
     let steady = (expected.0 - 1) as f64 / (last - first).as_secs_f64().max(1e-3);
-    Run { start: first.as_secs_f64(), total: last.as_secs_f64(), steady, cpu, rss }
+    let restore = restore.then(|| restart(system, workload, broker, &app, &state, &outputs.counted[0]));
+    Run { outputs: expected.0, start: first.as_secs_f64(), total: last.as_secs_f64(), steady, cpu, rss, restore }
+}
+
+/// The keys of the probes of [`restart`], one per partition; each probe
+/// adds 1 to its key's stock.
+fn probes() -> Vec<String> {
+    (0..PARTITIONS as u32)
+        .map(|p| (0..).map(|n| format!("probe-{n}")).find(|k| partition_for_key(k.as_bytes(), PARTITIONS as u32) == p))
+        .map(|k| k.expect("a key for every partition"))
+        .collect()
+}
+
+/// Starts `system` again as `app` without its local state, so that it
+/// restores its store from the changelog, sends one new movement (a probe)
+/// to each input partition, and returns the seconds from the restart until
+/// the probes' outputs are in `output`, and the process's peak RSS.
+fn restart(system: &str, workload: Workload, broker: &Broker, app: &str, state: &Path, output: &str) -> (f64, f64) {
+    std::fs::remove_dir_all(state).expect("remove the state directory");
+    let reader: BaseConsumer = broker
+        .client_config()
+        .set("group.id", format!("probes-{app}"))
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("probe reader");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment.add_partition_offset(output, partition, Offset::End).expect("partition");
+    }
+    reader.assign(&assignment).expect("assign");
+    // Resolves the end offsets before anything new is written.
+    for _ in 0..10 {
+        reader.poll(Duration::from_millis(50));
+    }
+    let probes = probes();
+    let (mut command, _) = command(system, workload, broker, app, state);
+    let started = Instant::now();
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("restart");
+    let producer: BaseProducer =
+        broker.client_config().set("partitioner", "murmur2_random").create().expect("producer");
+    for key in &probes {
+        send(&producer, MOVEMENTS, key, r#"{"id":0,"amount":1,"type":"IN"}"#);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < probes.len() {
+        if let Some(Ok(message)) = reader.poll(Duration::from_millis(10)) {
+            seen.insert(String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned());
+        }
+        assert!(started.elapsed() < RUN_TIMEOUT, "{system}: the probes' outputs did not come");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{system} exited ({status}) while restoring");
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    let (_, rss) = usage(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    (took, rss)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -315,9 +397,12 @@ fn main() {
         assert!(SYSTEMS.contains(&system.as_str()), "unknown system {system}: one of {SYSTEMS:?}");
         assert!(workload == Workload::Fold || system != "quix", "Quix Streams has no OPSCI topology");
     }
+    let keys = number("BENCH_KEYS", PRODUCTS);
+    let restore = number("BENCH_RESTORE", 0) == 1;
+    assert!(!restore || workload == Workload::Fold, "BENCH_RESTORE is for the fold");
     let broker = Broker::start();
     let loaded = Instant::now();
-    let (outputs, stock) = load(&broker, records, workload);
+    let (mut outputs, mut stock) = load(&broker, records, workload, keys);
     println!(
         "{records} movements loaded in {:.1} s ({} outputs expected per system), broker {:?}",
         loaded.elapsed().as_secs_f64(),
@@ -328,9 +413,19 @@ fn main() {
     for round in 0..rounds {
         for i in 0..systems.len() {
             let system = &systems[(i + round as usize) % systems.len()];
-            let r = run(system, workload, &broker, round, (outputs, &stock));
+            let r = run(system, workload, &broker, round, (outputs, &stock), restore);
+            if restore {
+                // The next runs read the probes too.
+                outputs += PARTITIONS as u64;
+                for key in probes() {
+                    *stock.entry(key).or_default() += 1;
+                }
+            }
+            let restored = r.restore.map_or(String::new(), |(s, rss)| {
+                format!("; restarted without local state: probes out after {s:.2} s, peak RSS {rss:.1} MiB")
+            });
             println!(
-                "round {round} {system:>13}: start {:5.2} s, total {:6.2} s, steady {:8.0} records/s, CPU {:6.2} s, peak RSS {:6.1} MiB",
+                "round {round} {system:>13}: start {:5.2} s, total {:6.2} s, steady {:8.0} records/s, CPU {:6.2} s, peak RSS {:6.1} MiB{restored}",
                 r.start, r.total, r.steady, r.cpu, r.rss
             );
             results.entry(system.clone()).or_default().push(r);
@@ -340,17 +435,25 @@ fn main() {
         "\nmedians over {rounds} rounds ({records} movements, {workload_name}):",
         workload_name = setting("BENCH_WORKLOAD", "fold")
     );
-    let base = results.get("stream-core").map(|r| median(r.iter().map(|r| outputs as f64 / r.total).collect()));
+    let base = results.get("stream-core").map(|r| median(r.iter().map(|r| r.outputs as f64 / r.total).collect()));
     for system in &systems {
         let runs = &results[system];
-        let overall = median(runs.iter().map(|r| outputs as f64 / r.total).collect());
+        let overall = median(runs.iter().map(|r| r.outputs as f64 / r.total).collect());
         let ratio = base.map_or(String::new(), |b| format!(", stream-core/this {:.2}", b / overall));
+        let restores: Vec<(f64, f64)> = runs.iter().filter_map(|r| r.restore).collect();
+        let restored = if restores.is_empty() {
+            String::new()
+        } else {
+            let took = median(restores.iter().map(|r| r.0).collect());
+            let rss = median(restores.iter().map(|r| r.1).collect());
+            format!("; restore {took:.2} s, peak RSS {rss:.1} MiB")
+        };
         println!(
-            "{system:>13}: {overall:8.0} records/s start to end{ratio}; steady {:8.0} records/s; start {:5.2} s; CPU {:6.2} s ({:.1} µs/record); peak RSS {:6.1} MiB",
+            "{system:>13}: {overall:8.0} records/s start to end{ratio}; steady {:8.0} records/s; start {:5.2} s; CPU {:6.2} s ({:.1} µs/record); peak RSS {:6.1} MiB{restored}",
             median(runs.iter().map(|r| r.steady).collect()),
             median(runs.iter().map(|r| r.start).collect()),
             median(runs.iter().map(|r| r.cpu).collect()),
-            median(runs.iter().map(|r| r.cpu).collect()) * 1e6 / outputs as f64,
+            median(runs.iter().map(|r| r.cpu * 1e6 / r.outputs as f64).collect()),
             median(runs.iter().map(|r| r.rss).collect()),
         );
     }

@@ -5,9 +5,11 @@ stock, as decimal text), exactly-once, 100 ms commit interval.
 
     python fold.py BOOTSTRAP APPLICATION_ID STATE_DIR INPUT OUTPUT
 
+GROUP_INSTANCE_ID makes it a static member of its group under that id.
 Run by the side-by-side benchmark, benches/benches/peers.rs.
 """
 
+import os
 import sys
 
 from quixstreams import Application
@@ -23,6 +25,9 @@ def main() -> None:
         commit_interval=0.1,
         processing_guarantee="exactly-once",
         loglevel="WARNING",
+        consumer_extra_config={"group.instance.id": os.environ["GROUP_INSTANCE_ID"]}
+        if "GROUP_INSTANCE_ID" in os.environ
+        else None,
     )
     movements = app.topic(source, key_deserializer="str", value_deserializer="json")
     totals = app.topic(sink, key_serializer="str", value_serializer="str")

@@ -8,9 +8,11 @@
 //! ```text
 //! stock-fold BOOTSTRAP APPLICATION_ID STATE_DIR INPUT OUTPUT
 //! ```
+//!
+//! `GROUP_INSTANCE_ID` makes it a static member of its group under that id.
 
 use serde::{Deserialize, Serialize};
-use stream_core::runtime::{Runtime, RuntimeConfig};
+use stream_core::runtime::{Membership, Runtime, RuntimeConfig};
 use stream_core::serdes::{Json, Utf8, I64};
 use stream_core::state::StateBackend;
 use stream_core::{Consumed, Grouped, Materialized, Produced, StreamsBuilder, StreamsConfig};
@@ -38,7 +40,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_values(|stock: i64| stock.to_string())
         .to(output, Produced::with(Utf8, Utf8));
     let streams = StreamsConfig::new(application.as_str()).state(StateBackend::RocksDb(state.into()));
-    let config = RuntimeConfig::new(streams, bootstrap.as_str());
+    let mut config = RuntimeConfig::new(streams, bootstrap.as_str());
+    if let Ok(id) = std::env::var("GROUP_INSTANCE_ID") {
+        config.membership = Membership::StaticAs(id);
+    }
     Runtime::new(builder.build()?, config)?.run(|_| false)?;
     Ok(())
 }

@@ -19,6 +19,7 @@ import org.apache.kafka.streams.Topology;
  * Exactly-once ({@code exactly_once_v2}), 100 ms commit interval, and no
  * record cache ({@code statestore.cache.max.bytes} 0), so that every input
  * has its output, as in the other systems; {@code CACHE_BYTES} sets it.
+ * {@code GROUP_INSTANCE_ID} makes it a static member of its group.
  */
 public final class Main {
     private Main() {}
@@ -42,6 +43,10 @@ public final class Main {
         props.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, Long.parseLong(
                 System.getenv().getOrDefault("CACHE_BYTES", "0")));
         props.put(StreamsConfig.consumerPrefix(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG), "earliest");
+        String instance = System.getenv("GROUP_INSTANCE_ID");
+        if (instance != null) {
+            props.put(StreamsConfig.consumerPrefix(ConsumerConfig.GROUP_INSTANCE_ID_CONFIG), instance);
+        }
         KafkaStreams streams = new KafkaStreams(topology, props);
         CountDownLatch stopped = new CountDownLatch(1);
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
