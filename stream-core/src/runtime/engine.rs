@@ -590,7 +590,7 @@ impl Engine {
             // A task resumes where the commit it restored left its inputs:
             // state and positions come from the same commit. A task without
             // stores that never committed to its positions topic starts where
-            // the group's offsets say (versions before 0.2 kept its positions
+            // the group's offsets say (earlier versions kept its positions
             // there, and at-least-once still commits them), else from the
             // beginning.
             let committed = if running.task.changelogs().is_empty() && running.committed.is_empty() {

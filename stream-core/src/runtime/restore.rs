@@ -34,7 +34,8 @@
 //! A task without stores writes its commits (positions, de-duplication
 //! entries, stream clock and commit records) to its sub-topology's
 //! positions topic instead, restored the same way: no task depends on the
-//! consumer group's coordinator to commit or to open.
+//! consumer group's coordinator to commit, nor to reopen once it has
+//! committed.
 //!
 //! Compaction keeps what restoration needs: the last commit record of each
 //! session (one key per session) and, on Apache Kafka, whose cleaner drops
