@@ -238,16 +238,29 @@ fn run(args: RunArgs) -> Result<bool, Error> {
 
 fn status(id: Option<u64>, addr: SocketAddr) -> Result<bool, Error> {
     let host = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
-    let url = match id {
-        Some(id) => format!("http://{host}/products/{id}"),
-        None => format!("http://{host}/products"),
+    let get = |path: &str| -> Result<(String, Option<String>), Error> {
+        let url = format!("http://{host}{path}");
+        let mut response = ureq::get(&url).call().map_err(|e| format!("{url}: {e} (is `opsci-app run` running?)"))?;
+        // `Link: </products?…>; rel="next"` when there are more pages.
+        let next =
+            response.headers().get("link").and_then(|link| link.to_str().ok()).and_then(|link| {
+                link.strip_prefix('<')?.split_once(">; rel=\"next\"").map(|(path, _)| path.to_string())
+            });
+        Ok((response.body_mut().read_to_string()?, next))
     };
-    let mut response = ureq::get(&url).call().map_err(|e| format!("{url}: {e} (is `opsci-app run` running?)"))?;
-    let body = response.body_mut().read_to_string()?;
-    let states: Vec<ProductState> = match id {
-        Some(_) => vec![serde_json::from_str(&body)?],
-        None => serde_json::from_str(&body)?,
-    };
+    let mut states: Vec<ProductState> = Vec::new();
+    match id {
+        Some(id) => states.push(serde_json::from_str(&get(&format!("/products/{id}"))?.0)?),
+        None => {
+            let mut next = Some("/products".to_string());
+            while let Some(path) = next {
+                let (body, more) = get(&path)?;
+                states.extend(serde_json::from_str::<Vec<ProductState>>(&body)?);
+                next = more;
+            }
+            states.sort_by_key(|s| s.product.id);
+        }
+    }
     println!("{:>5}  {:<24} {:>7}  status", "id", "name", "stock");
     for s in states {
         println!("{:>5}  {:<24} {:>7}  {}", s.product.id, s.product.name, s.stock, s.status);

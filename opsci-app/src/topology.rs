@@ -376,15 +376,17 @@ pub fn product_states(
     policy: &StatusPolicy,
 ) -> Vec<ProductState> {
     let stock: std::collections::HashMap<String, i64> = stock.into_iter().collect();
-    let mut states: Vec<ProductState> = products
-        .into_iter()
-        .map(|(key, product)| {
-            let stock = stock.get(&key).copied().unwrap_or(product.stock_available);
-            ProductState { status: policy.status(stock, product.stock_available), stock, product }
-        })
-        .collect();
+    let mut states: Vec<ProductState> =
+        products.into_iter().map(|(key, product)| product_state(product, stock.get(&key).copied(), policy)).collect();
     states.sort_by_key(|s| s.product.id);
     states
+}
+
+/// One product's state: its stock (the catalogue's until a movement is
+/// applied) and the status the policy gives it.
+pub fn product_state(product: Product, stock: Option<i64>, policy: &StatusPolicy) -> ProductState {
+    let stock = stock.unwrap_or(product.stock_available);
+    ProductState { status: policy.status(stock, product.stock_available), stock, product }
 }
 
 /// The event announcing a status change.

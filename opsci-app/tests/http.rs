@@ -1,7 +1,7 @@
-//! `opsci-app run`'s HTTP endpoint against the real broker: `/health`,
-//! `/products/{id}`, `/products?status=`, `/metrics` (including every metric
-//! the Grafana dashboard queries), `opsci-app status`, and JSON logs that
-//! never show the Strapi token.
+//! `opsci-app run`'s HTTP endpoint against the real broker: `/health`
+//! (live, ready), `/products/{id}`, `/products?status=` page by page,
+//! `/metrics` (including every metric the Grafana dashboard queries),
+//! `opsci-app status`, and JSON logs that never show the Strapi token.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -16,10 +16,19 @@ use serde_json::Value;
 const SECRET: &str = "0123456789abcdef-never-in-logs";
 
 fn get(port: u16, path: &str) -> (u16, String) {
+    let (code, body, _) = get_with_link(port, path);
+    (code, body)
+}
+
+/// The status, the body and the `Link` header.
+fn get_with_link(port: u16, path: &str) -> (u16, String, Option<String>) {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     match agent.get(&format!("http://127.0.0.1:{port}{path}")).call() {
-        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
-        Err(_) => (0, String::new()),
+        Ok(mut r) => {
+            let link = r.headers().get("link").and_then(|l| l.to_str().ok()).map(str::to_string);
+            (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default(), link)
+        }
+        Err(_) => (0, String::new(), None),
     }
 }
 
@@ -66,9 +75,11 @@ fn the_endpoint_answers_from_the_running_app() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let (code, body) = get(port, "/health");
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(serde_json::from_str::<Value>(&body).expect("JSON")["status"], "ready");
+    for (path, status) in [("/health", "ready"), ("/health/ready", "ready"), ("/health/live", "live")] {
+        let (code, body) = get(port, path);
+        assert_eq!(code, 200, "{path}: {body}");
+        assert_eq!(serde_json::from_str::<Value>(&body).expect("JSON")["status"], status, "{path}: {body}");
+    }
 
     // Queries answer from the last commit; the counters count as records are
     // processed, so the fold shows in `/products` at the tasks' next commits.
@@ -91,6 +102,30 @@ fn the_endpoint_answers_from_the_running_app() {
     let names: Vec<&str> = danger.iter().filter_map(|p| p["product"]["name"].as_str()).collect();
     assert_eq!(names, ["Pear"]);
     assert_eq!(get(port, "/products?status=bogus").0, 400);
+    for limit in ["0", "10001", "x"] {
+        assert_eq!(get(port, &format!("/products?limit={limit}")).0, 400, "limit={limit}");
+    }
+
+    // Pages: one product each, the next page's address in `Link`.
+    let (mut ids, mut next) = (Vec::new(), Some("/products?limit=1".to_string()));
+    while let Some(path) = next.take() {
+        let (code, body, link) = get_with_link(port, &path);
+        assert_eq!(code, 200, "{path}: {body}");
+        let page: Vec<Value> = serde_json::from_str(&body).expect("JSON");
+        assert!(page.len() <= 1, "{path}: {body}");
+        ids.extend(page.iter().filter_map(|p| p["product"]["id"].as_i64()));
+        next = link.map(|l| {
+            let (target, rel) = l.split_once(';').expect("Link: <…>; rel");
+            assert_eq!(rel.trim(), "rel=\"next\"", "{l}");
+            target.trim_matches(['<', '>']).to_string()
+        });
+        assert!(ids.len() <= 3, "the pages do not end: {ids:?}");
+    }
+    assert_eq!(ids, [1, 2, 3], "every product once, in order, over the pages");
+    let (_, body, link) = get_with_link(port, "/products?status=safe&limit=1");
+    assert!(body.contains("Kiwi") && link.as_deref().is_some_and(|l| l.contains("status=safe")), "{body} {link:?}");
+    let (_, body, link) = get_with_link(port, "/products?status=safe&limit=1&after=3");
+    assert_eq!((body.as_str(), link), ("[]", None), "nothing safe after product 3");
     assert_eq!(get(port, "/products/42").0, 404);
 
     // Consumer lag comes from the client's statistics, about once a second.
@@ -115,6 +150,14 @@ fn the_endpoint_answers_from_the_running_app() {
         assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
     }
 
+    let status = Command::new(env!("CARGO_BIN_EXE_opsci-app"))
+        .args(["status"])
+        .env("HTTP_ADDR", format!("0.0.0.0:{port}"))
+        .output()
+        .expect("opsci-app status");
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{out}");
+    assert_eq!(out.lines().count(), 4, "a header and the three products: {out}");
     let status = Command::new(env!("CARGO_BIN_EXE_opsci-app"))
         .args(["status", "3"])
         .env("HTTP_ADDR", format!("0.0.0.0:{port}"))

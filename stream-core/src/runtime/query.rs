@@ -62,6 +62,35 @@ impl StoreReader {
         Ok(pairs)
     }
 
+    /// Up to `limit` pairs of store `store` held by this instance whose
+    /// encoded keys come after `after`'s (from the first when `None`), in
+    /// encoded-key order across all its partitions: a page of a large store.
+    /// The next page starts after the last key of this one; a page shorter
+    /// than `limit` is the last.
+    pub fn page<K: 'static, V: 'static>(
+        &self,
+        store: &str,
+        after: Option<&K>,
+        limit: usize,
+        keys: impl Serde<K>,
+        values: impl Serde<V>,
+    ) -> Result<Vec<(K, V)>, StoreError> {
+        let serde = |source| StoreError::Serde { store: store.to_string(), source };
+        let after = after.map(|key| keys.encode(key)).transpose().map_err(serde)?;
+        // The first `limit` keys overall are among the first `limit` of each partition.
+        let mut pairs = Vec::new();
+        self.each(store, |view| {
+            pairs.extend(view.page(after.as_deref(), limit)?);
+            Ok(())
+        })?;
+        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        pairs.truncate(limit);
+        pairs
+            .into_iter()
+            .map(|(key, value)| Ok((keys.decode(&key).map_err(serde)?, values.decode(&value).map_err(serde)?)))
+            .collect()
+    }
+
     /// Runs `f` on the view of store `store` of every open task that has one.
     /// The views are held for the call only: a task closing waits for it to
     /// end before it closes its stores.

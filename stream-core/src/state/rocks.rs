@@ -63,7 +63,7 @@ impl RocksBase {
 }
 
 /// The smallest key after `key`.
-fn successor(key: &[u8]) -> Vec<u8> {
+pub(super) fn successor(key: &[u8]) -> Vec<u8> {
     let mut next = Vec::with_capacity(key.len() + 1);
     next.extend_from_slice(key);
     next.push(0);

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use rocksdb::{IteratorMode, DB};
+use std::ops::Bound;
+
+use rocksdb::{Direction, IteratorMode, DB};
 
 use super::KeyValue;
 use crate::error::StoreError;
@@ -33,6 +35,35 @@ impl StoreView {
         }
     }
 
+    /// Up to `limit` committed pairs with keys after `after` (from the
+    /// first key when `None`), in key order, as of one commit.
+    pub(crate) fn page(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        match self {
+            StoreView::Memory(map) => {
+                let map = map.read().map_err(|_| StoreError::Unavailable)?;
+                let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+                Ok(map
+                    .range::<[u8], _>((from, Bound::Unbounded))
+                    .take(limit)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect())
+            }
+            StoreView::RocksDb { db, name } => {
+                let cf = db.cf_handle(name).ok_or_else(|| StoreError::NotConnected(name.clone()))?;
+                let from = after.map(super::rocks::successor);
+                let mode =
+                    from.as_deref().map_or(IteratorMode::Start, |key| IteratorMode::From(key, Direction::Forward));
+                db.iterator_cf(cf, mode)
+                    .take(limit)
+                    .map(|item| {
+                        item.map(|(k, v)| (k.into_vec(), v.into_vec()))
+                            .map_err(|source| StoreError::RocksDb { store: name.clone(), source })
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// Every committed pair, in key order, as of one commit.
     pub(crate) fn all(&self) -> Result<Vec<KeyValue>, StoreError> {
         match self {
@@ -51,5 +82,44 @@ impl StoreView {
                     .collect()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{InMemoryStore, KeyValueStore, RocksDbInstance};
+
+    fn keys(pairs: Vec<KeyValue>) -> Vec<Vec<u8>> {
+        pairs.into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// Pages of both kinds of view: after a key (present or not), from the
+    /// start, and past the end; only committed pairs.
+    fn pages(store: &mut dyn KeyValueStore, view: StoreView) {
+        for key in [&b"a"[..], b"b", b"b\0", b"c", b"e"] {
+            store.put(key, b"v").unwrap();
+        }
+        store.commit().unwrap();
+        store.put(b"d", b"staged").unwrap();
+        assert_eq!(keys(view.page(None, 2).unwrap()), [b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(keys(view.page(Some(b"b"), 2).unwrap()), [b"b\0".to_vec(), b"c".to_vec()]);
+        assert_eq!(keys(view.page(Some(b"cc"), 5).unwrap()), [b"e".to_vec()]);
+        assert!(view.page(Some(b"e"), 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_memory_view_pages_through_committed_keys() {
+        let mut store = InMemoryStore::new("s");
+        let view = store.base().view();
+        pages(&mut store, view);
+    }
+
+    #[test]
+    fn a_rocksdb_view_pages_through_committed_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let instance = RocksDbInstance::open(dir.path(), &["s".to_string()]).unwrap();
+        let mut store = instance.store("s").unwrap();
+        pages(&mut store, instance.view("s"));
     }
 }
