@@ -142,6 +142,7 @@ pub fn run(config: AppConfig, stop: Arc<AtomicBool>, started: impl FnOnce(Runnin
                 url: url.clone(),
                 token: token.clone(),
                 application_id: app.clone(),
+                instance_id: runtime.group_instance_id().map(str::to_string),
                 interval: config.commit_interval,
                 beginning: config.beginning,
             };

@@ -152,6 +152,10 @@ struct App {
 
 impl App {
     fn start(broker: &Broker, strapi: &Strapi, state: &Path, http: u16) -> App {
+        // The event sync's log (how it found where it stopped) goes to a file
+        // beside the state directory; warnings also.
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(state.with_extension("log")).expect("app log");
         let child = Command::new(env!("CARGO_BIN_EXE_opsci-app"))
             .args(["run", "--application-id", "sync-test", "--commit-interval-ms", "100"])
             .env("KAFKA_BROKERS", broker.bootstrap())
@@ -160,10 +164,11 @@ impl App {
             .env("STATE_DIR", state)
             .env("HTTP_ADDR", format!("127.0.0.1:{http}"))
             .env("PARTITIONS", PARTITIONS.to_string())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,opsci_app::strapi::events=info")
+            .env("LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("start opsci-app");
         App { child, http }
@@ -338,6 +343,27 @@ fn run(kills: usize) {
     }
     check(&broker, &strapi, &data);
     app.stop();
+
+    // Each start found where the event sync stopped with a few lookups per
+    // partition, not by listing Strapi's hundreds of events.
+    let log = std::fs::read_to_string(state.with_extension("log")).expect("app log");
+    let reads: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|l| l["fields"].clone())
+        .filter(|f| f["message"] == "read the events already in Strapi")
+        .collect();
+    assert!(reads.iter().any(|r| r["partitions"] != 0), "a start found events in Strapi:\n{log}");
+    // Per partition of the event topic: its last event, the source topics
+    // (one, and the lookup that finds no other), the last event of each
+    // source partition (`PARTITIONS`, and the lookup that finds no other).
+    let per_partition = 1 + 2 + PARTITIONS as u64 + 1;
+    for read in reads {
+        assert_eq!(read["how"], "by position", "{read}");
+        let requests = read["requests"].as_u64().unwrap_or(u64::MAX);
+        assert!(requests <= per_partition * PARTITIONS as u64, "{requests} requests: {read}");
+        println!("{read}");
+    }
 }
 
 #[test]

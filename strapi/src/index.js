@@ -48,6 +48,30 @@ async function ensureApiToken(strapi, accessKey) {
   strapi.log.info(`API token "${TOKEN_NAME}" provisioned from STRAPI_TOKEN (full access)`);
 }
 
+/**
+ * Indexes the columns the app's event sync queries at each start
+ * (`kafka_*`: the last event written per partition of the event topic;
+ * `origin_*`: the last one per source partition of the topology's outputs),
+ * so that finding where it stopped costs a few index lookups, however many
+ * events Strapi holds. SQLite and PostgreSQL only (both know
+ * `CREATE INDEX IF NOT EXISTS`); idempotent.
+ */
+async function indexEventPositions(strapi) {
+  const client = strapi.db.dialect.client;
+  if (client !== 'sqlite' && client !== 'postgres') {
+    strapi.log.warn(`event position indexes not created on ${client}`);
+    return;
+  }
+  const knex = strapi.db.connection;
+  await knex.raw(
+    'CREATE INDEX IF NOT EXISTS events_kafka_position ON events (kafka_topic, kafka_partition, kafka_offset)'
+  );
+  await knex.raw(
+    'CREATE INDEX IF NOT EXISTS events_kafka_origin ON events ' +
+      '(kafka_topic, kafka_partition, origin_topic, origin_partition, origin_offset, origin_rank)'
+  );
+}
+
 module.exports = {
   register(/* { strapi } */) {},
 
@@ -56,5 +80,6 @@ module.exports = {
     if (accessKey) {
       await ensureApiToken(strapi, accessKey);
     }
+    await indexEventPositions(strapi);
   },
 };

@@ -252,6 +252,12 @@ impl StrapiClient {
         Ok(self.list(&format!("/api/{collection}?sort=id:desc&pagination[pageSize]={count}"))?.entries)
     }
 
+    /// The first entry of `collection` that `query` (`filters[…]=…&sort=…`)
+    /// selects, if any.
+    pub fn first(&self, collection: &str, query: &str) -> Result<Option<Entry>, StrapiError> {
+        Ok(self.list(&format!("/api/{collection}?{query}&pagination[pageSize]=1"))?.entries.into_iter().next())
+    }
+
     /// Every entry of `collection`, page by page.
     pub fn all(&self, collection: &str) -> Result<Vec<Entry>, StrapiError> {
         let mut entries = Vec::new();
@@ -286,9 +292,11 @@ impl StrapiClient {
         self.entry("PUT", &format!("/api/products/{}", entry.0), Some(&product_body(state)))
     }
 
-    /// Creates an event.
-    pub fn create_event(&self, value: &str, metadata: &Value) -> Result<Entry, StrapiError> {
-        self.entry("POST", "/api/events", Some(&json!({"data": {"value": value, "metadata": metadata}})))
+    /// Creates an event with `value`, `metadata` and the other fields of `data`.
+    pub fn create_event(&self, value: &str, metadata: &Value, mut data: Value) -> Result<Entry, StrapiError> {
+        data["value"] = value.into();
+        data["metadata"] = metadata.clone();
+        self.entry("POST", "/api/events", Some(&json!({ "data": data })))
     }
 }
 

@@ -1,24 +1,31 @@
 //! Writes the event topic to Strapi's events, each event once.
 //!
 //! Strapi itself is the checkpoint: every event written carries where it was
-//! read in its metadata (`metadata._kafka`: topic, partition, offset, and
+//! read, in its metadata (`metadata._kafka`: topic, partition, offset, and
 //! for events the topology produced, the provenance of the input they came
-//! from). When partitions are assigned, the sync reads that back from
-//! Strapi and skips what is already there:
+//! from) and, when Strapi's event type has them (the repository's Strapi
+//! project does, indexed), in fields of its own (`kafka_topic`,
+//! `kafka_partition`, `kafka_offset`, `origin_*`). When partitions are
+//! assigned, the sync reads that back from Strapi and skips what is already
+//! there:
 //! - an event at or before the last offset written for its partition;
 //! - an event whose provenance is at or before the last one written for
 //!   the same source partition: the same event written again when a
 //!   transaction of the topology was aborted and replayed (brokers that let
 //!   consumers see aborted records would otherwise make it appear twice).
 //!
+//! With the fields, reading the checkpoint costs a few requests per
+//! assigned partition and per source partition, however many events Strapi
+//! holds ([`EventSync::read_positions`]); without them (a Strapi whose
+//! event type is only `value` and `metadata`), or while events written
+//! before the fields existed are the only ones of a partition, it lists
+//! every event.
+//!
 //! Events are written in partition order, one at a time; a failure is
 //! retried with backoff (after checking whether the failed request landed
 //! after all), so an outage of Strapi delays events but loses none. An
 //! event that is not `{"value", "metadata"}` JSON, or that Strapi refuses,
 //! goes to the error topic.
-//!
-//! Reading the checkpoint lists every event in Strapi, once per assignment
-//! change: fine for thousands of events, slow for millions.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use stream_core::runtime::{provenance, Waiting};
 
-use super::client::{StrapiClient, StrapiError, MAX_PAGE_SIZE};
+use super::client::{Entry, Page, StrapiClient, StrapiError, MAX_PAGE_SIZE};
 use super::support::{is_refusal, sleep_unless, ErrorSink, Tracked};
 use super::SyncError;
 use crate::metrics::AppMetrics;
@@ -98,6 +105,25 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// The event fields holding this identity (big integers as strings,
+    /// as Strapi writes them).
+    fn fields(&self) -> Value {
+        let mut fields = json!({
+            "kafka_topic": self.topic,
+            "kafka_partition": self.partition,
+            "kafka_offset": self.offset.to_string(),
+        });
+        if let Some(o) = &self.origin {
+            fields["origin_topic"] = o.topic.clone().into();
+            fields["origin_partition"] = o.partition.into();
+            fields["origin_offset"] = o.offset.to_string().into();
+            fields["origin_rank"] = o.rank.into();
+        }
+        fields
+    }
+}
+
 /// What Strapi holds of one partition of the event topic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
@@ -157,11 +183,13 @@ pub struct EventSync {
     topic: String,
     metrics: Arc<AppMetrics>,
     written: Checkpoint,
+    /// Whether Strapi's events have the position fields (until it says not).
+    fields: bool,
 }
 
 impl EventSync {
     pub(super) fn new(strapi: StrapiClient, errors: ErrorSink, topic: String, metrics: Arc<AppMetrics>) -> Self {
-        EventSync { strapi, errors, topic, metrics, written: Checkpoint::default() }
+        EventSync { strapi, errors, topic, metrics, written: Checkpoint::default(), fields: true }
     }
 
     /// Runs until `stop` is set, reading the event topic with `consumer`.
@@ -175,8 +203,13 @@ impl EventSync {
                 }
                 None => continue,
             };
-            if consumer.context().take_changed() && !self.retry(stop, |sync| sync.read_checkpoint())? {
-                return Ok(());
+            if consumer.context().take_changed() {
+                let assigned = consumer.assignment()?;
+                let partitions: Vec<i32> =
+                    assigned.elements_for_topic(&self.topic).iter().map(|p| p.partition()).collect();
+                if !self.retry(stop, |sync| sync.read_checkpoint(&partitions))? {
+                    return Ok(());
+                }
             }
             let id = Identity::of(&message);
             if !self.written.contains(&id) {
@@ -216,17 +249,93 @@ impl EventSync {
         }
     }
 
-    /// Reads back from Strapi which events are there.
-    fn read_checkpoint(&mut self) -> Result<(), StrapiError> {
-        let mut checkpoint = Checkpoint::default();
-        for entry in self.strapi.all("events")? {
-            if let Some(id) = entry.attributes.get("metadata").and_then(|m| Checkpoint::read(&self.topic, m)) {
-                checkpoint.add(&id);
-            }
-        }
-        tracing::info!(partitions = checkpoint.0.len(), "read the events already in Strapi");
+    /// Reads back from Strapi which events of `partitions` are there.
+    fn read_checkpoint(&mut self, partitions: &[i32]) -> Result<(), StrapiError> {
+        let mut lookups = Lookups { strapi: &self.strapi, requests: 0 };
+        let by_position = match self.fields {
+            true => match self.read_positions(&mut lookups, partitions) {
+                Err(StrapiError::Status { status: 400, message, .. }) => {
+                    tracing::warn!(%message, "Strapi's events have no kafka_* fields: listing them all at each start");
+                    self.fields = false;
+                    None
+                }
+                read => read?,
+            },
+            false => None,
+        };
+        let (checkpoint, how) = match by_position {
+            Some(checkpoint) => (checkpoint, "by position"),
+            None => (self.read_all(&mut lookups)?, "every event"),
+        };
+        tracing::info!(
+            partitions = checkpoint.0.len(),
+            requests = lookups.requests,
+            how,
+            "read the events already in Strapi"
+        );
         self.written = checkpoint;
         Ok(())
+    }
+
+    /// Every event's identity, page by page.
+    fn read_all(&self, lookups: &mut Lookups<'_>) -> Result<Checkpoint, StrapiError> {
+        let mut checkpoint = Checkpoint::default();
+        let mut page = 1;
+        loop {
+            let more = lookups.page(page)?;
+            for entry in &more.entries {
+                if let Some(id) = entry.attributes.get("metadata").and_then(|m| Checkpoint::read(&self.topic, m)) {
+                    checkpoint.add(&id);
+                }
+            }
+            if page >= more.page_count {
+                return Ok(checkpoint);
+            }
+            page += 1;
+        }
+    }
+
+    /// The identities of the last events written per partition of
+    /// `partitions`, and per source partition of each: one request per
+    /// partition, per source topic and per source partition (the next
+    /// source partition is the one holding the highest provenance among
+    /// those not read yet). `None` when a partition has no event with the
+    /// fields while events without them exist (written before they did).
+    fn read_positions(&self, lookups: &mut Lookups<'_>, partitions: &[i32]) -> Result<Option<Checkpoint>, StrapiError> {
+        let mut checkpoint = Checkpoint::default();
+        let mut add = |entry: Option<Entry>| {
+            let id = entry.as_ref().and_then(|e| Checkpoint::read(&self.topic, e.attributes.get("metadata")?));
+            if let Some(id) = &id {
+                checkpoint.add(id);
+            }
+            id
+        };
+        for &partition in partitions {
+            let this = format!("filters[kafka_topic][$eq]={}&filters[kafka_partition][$eq]={partition}", self.topic);
+            if add(lookups.first(&format!("{this}&sort=kafka_offset:desc"))?).is_none()
+                && lookups.first("filters[kafka_topic][$null]=true")?.is_some()
+            {
+                return Ok(None);
+            }
+            let mut topics = Vec::<String>::new();
+            loop {
+                let newer = format!("{this}&filters[origin_topic][$notNull]=true{}", not_in("origin_topic", &topics));
+                let Some(topic) = add(lookups.first(&format!("{newer}&sort=id:desc"))?).and_then(|id| id.origin) else {
+                    break;
+                };
+                let mut sources = Vec::<String>::new();
+                let by_origin = "sort[0]=origin_offset:desc&sort[1]=origin_rank:desc";
+                let origin = format!("{this}&filters[origin_topic][$eq]={}", topic.topic);
+                while let Some(o) =
+                    add(lookups.first(&format!("{origin}{}&{by_origin}", not_in("origin_partition", &sources)))?)
+                        .and_then(|id| id.origin)
+                {
+                    sources.push(o.partition.to_string());
+                }
+                topics.push(topic.topic);
+            }
+        }
+        Ok(Some(checkpoint))
     }
 
     /// Whether the event read at `id` is among the latest in Strapi (after
@@ -254,7 +363,8 @@ impl EventSync {
             if !std::mem::take(&mut first) && sync.landed(id)? {
                 return Ok(());
             }
-            match sync.strapi.create_event(&event.value, &metadata) {
+            let fields = if sync.fields { id.fields() } else { json!({}) };
+            match sync.strapi.create_event(&event.value, &metadata, fields) {
                 Ok(_) => Ok(()),
                 Err(error) if is_refusal(&error) => {
                     refused = Some(error);
@@ -274,6 +384,29 @@ impl EventSync {
             }
         }
         Ok(true)
+    }
+}
+
+/// `&filters[field][$notIn][i]=value` for each of `values`.
+fn not_in(field: &str, values: &[String]) -> String {
+    values.iter().enumerate().map(|(i, v)| format!("&filters[{field}][$notIn][{i}]={v}")).collect()
+}
+
+/// Strapi requests of one checkpoint read, counted.
+struct Lookups<'a> {
+    strapi: &'a StrapiClient,
+    requests: usize,
+}
+
+impl Lookups<'_> {
+    fn first(&mut self, query: &str) -> Result<Option<Entry>, StrapiError> {
+        self.requests += 1;
+        self.strapi.first("events", query)
+    }
+
+    fn page(&mut self, page: u64) -> Result<Page, StrapiError> {
+        self.requests += 1;
+        self.strapi.page("events", page, MAX_PAGE_SIZE)
     }
 }
 

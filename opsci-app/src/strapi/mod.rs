@@ -58,6 +58,11 @@ pub struct SyncConfig {
     pub token: Token,
     /// The application id: prefix of the sync's consumer groups and topic.
     pub application_id: String,
+    /// The runtime's static group member id, if any: the syncs' consumers
+    /// are static members too (`<id>-strapi-catalogue`, `<id>-strapi-events`),
+    /// so that a restarted instance resumes writing Strapi at once rather
+    /// than after the crashed one's session timeout.
+    pub instance_id: Option<String>,
     /// How long product states are coalesced before they are written.
     pub interval: Duration,
     /// Whether events already on the event topic when the app first starts
@@ -79,13 +84,20 @@ pub fn start(
     stop: Arc<AtomicBool>,
 ) -> Result<Vec<JoinHandle<Result<(), SyncError>>>, SyncError> {
     let app = config.application_id.clone();
+    let member = |sync: &str| config.instance_id.as_ref().map(|id| format!("{id}-{sync}"));
+    let (catalogue_member, events_member) = (member("strapi-catalogue"), member("strapi-events"));
     let strapi = StrapiClient::new(&config.url, config.token.clone(), metrics.clone());
     let catalogue = {
         let (kafka, strapi, metrics, interval) = (kafka.clone(), strapi.clone(), metrics.clone(), config.interval);
         let app = app.clone();
         move |stop: &AtomicBool| -> Result<(), SyncError> {
-            let consumer =
-                support::group_consumer(&kafka, &format!("{app}-strapi-catalogue"), &kafka.topics.catalogue, true)?;
+            let consumer = support::group_consumer(
+                &kafka,
+                &format!("{app}-strapi-catalogue"),
+                catalogue_member.as_deref(),
+                &kafka.topics.catalogue,
+                true,
+            )?;
             let entries = entries::Entries::open(&kafka, &format!("{app}-strapi-entries"))?;
             let errors = support::ErrorSink::new(&kafka, metrics.clone())?;
             CatalogueSync::new(strapi.clone(), entries, errors, interval, metrics.clone()).run(consumer, stop)
@@ -94,8 +106,13 @@ pub fn start(
     let events = {
         let (kafka, metrics, beginning) = (kafka.clone(), metrics.clone(), config.beginning);
         move |stop: &AtomicBool| -> Result<(), SyncError> {
-            let consumer =
-                support::group_consumer(&kafka, &format!("{app}-strapi-events"), &kafka.topics.event, beginning)?;
+            let consumer = support::group_consumer(
+                &kafka,
+                &format!("{app}-strapi-events"),
+                events_member.as_deref(),
+                &kafka.topics.event,
+                beginning,
+            )?;
             let errors = support::ErrorSink::new(&kafka, metrics.clone())?;
             EventSync::new(strapi.clone(), errors, kafka.topics.event.clone(), metrics.clone()).run(consumer, stop)
         }

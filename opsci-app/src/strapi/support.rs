@@ -48,17 +48,22 @@ impl Tracked {
     }
 }
 
-/// A consumer of `topic` in consumer group `group`, committing only the
-/// offsets stored by the caller; a new group starts at the beginning of the
-/// topic, or at its end when `beginning` is false.
+/// A consumer of `topic` in consumer group `group` (a static member when
+/// `member` is its `group.instance.id`), committing only the offsets stored
+/// by the caller; a new group starts at the beginning of the topic, or at
+/// its end when `beginning` is false.
 pub fn group_consumer(
     kafka: &KafkaConfig,
     group: &str,
+    member: Option<&str>,
     topic: &str,
     beginning: bool,
 ) -> Result<BaseConsumer<Tracked>, KafkaError> {
-    let consumer: BaseConsumer<Tracked> = kafka
-        .client()
+    let mut client = kafka.client();
+    if let Some(member) = member {
+        client.set("group.instance.id", member);
+    }
+    let consumer: BaseConsumer<Tracked> = client
         .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")

@@ -142,6 +142,8 @@ pub struct Runtime {
     consumer: BaseConsumer<Rebalancing>,
     /// The stores of the open tasks, read without the engine (see [`StoreReader`]).
     views: query::Views,
+    /// Its `group.instance.id` (see [`Membership`]).
+    instance_id: Option<String>,
 }
 
 pub(crate) fn now_millis() -> i64 {
@@ -213,7 +215,8 @@ impl Runtime {
             // before fetching again, though a busy task empties it sooner.
             client.set("fetch.queue.backoff.ms", "20");
         }
-        if let Some(id) = config.membership.instance_id(&config.streams).map_err(StreamError::from)? {
+        let instance_id = config.membership.instance_id(&config.streams).map_err(StreamError::from)?;
+        if let Some(id) = &instance_id {
             tracing::info!(group_instance_id = %id, "static group membership");
             client.set("group.instance.id", id);
         }
@@ -225,7 +228,7 @@ impl Runtime {
             .set("statistics.interval.ms", "1000")
             .create_with_context(context)?;
         consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
-        Ok(Runtime { consumer, views })
+        Ok(Runtime { consumer, views, instance_id })
     }
 
     fn engine(&self) -> Result<MutexGuard<'_, Engine>, RuntimeError> {
@@ -260,6 +263,12 @@ impl Runtime {
             metrics.totals = engine.totals();
         }
         metrics
+    }
+
+    /// Its static group member id, when it is one (see [`Membership`]): an
+    /// application's other consumers may derive theirs from it.
+    pub fn group_instance_id(&self) -> Option<&str> {
+        self.instance_id.as_deref()
     }
 
     /// A reader of this runtime's stores for another thread (interactive queries).
