@@ -2,7 +2,8 @@
 //!
 //! [`Strapi::start`] runs `strapi/run.sh` (production mode, no admin panel) on
 //! a free loopback port with a fresh temporary directory holding its SQLite
-//! database, its public/uploads directory and its log, provisions a random
+//! database (or on PostgreSQL: [`Strapi::start_on_postgres`]), its
+//! public/uploads directory and its log, provisions a random
 //! full-access API token ([`Strapi::token`]) and waits until the REST API
 //! answers with it. Several instances may run at once: nothing an instance
 //! writes at run time is shared (Strapi's update notifier rewrites a constant
@@ -173,6 +174,8 @@ pub struct Strapi {
     token: String,
     dir: tempfile::TempDir,
     agent: ureq::Agent,
+    /// The PostgreSQL database's URL, when not SQLite.
+    postgres: Option<String>,
 }
 
 impl Strapi {
@@ -183,6 +186,20 @@ impl Strapi {
     /// When the project cannot be installed or Strapi does not answer within
     /// 120 s (`STRAPI_START_TIMEOUT_SECS`), with the tail of its log.
     pub fn start() -> Strapi {
+        Strapi::start_with(None)
+    }
+
+    /// Starts a Strapi on the (empty) PostgreSQL database at `url`
+    /// (`postgres://user@host:port/name`, as [`crate::postgres::Postgres::database`]
+    /// gives), as in production.
+    ///
+    /// # Panics
+    /// As [`Strapi::start`].
+    pub fn start_on_postgres(url: &str) -> Strapi {
+        Strapi::start_with(Some(url.to_string()))
+    }
+
+    fn start_with(postgres: Option<String>) -> Strapi {
         install();
         let dir = tempfile::Builder::new().prefix("strapi-test-").tempdir().expect("a temporary directory");
         let agent = ureq::Agent::config_builder()
@@ -190,7 +207,7 @@ impl Strapi {
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .into();
-        let mut strapi = Strapi { child: None, port: free_port(), token: random_token(), dir, agent };
+        let mut strapi = Strapi { child: None, port: free_port(), token: random_token(), dir, agent, postgres };
         strapi.start_again();
         strapi
     }
@@ -206,13 +223,16 @@ impl Strapi {
         let mut log = OpenOptions::new().create(true).append(true).open(&log_path).expect("Strapi log file");
         let _ = writeln!(log, "---- harness: starting Strapi on port {}", self.port);
         let script = run_script();
-        let child = Command::new(&script)
+        let mut command = Command::new(&script);
+        match &self.postgres {
+            Some(url) => command.env("DATABASE_CLIENT", "postgres").env("DATABASE_URL", url),
+            None => command.env("DATABASE_CLIENT", "sqlite").env("DATABASE_FILENAME", self.database_path()),
+        };
+        let child = command
             .current_dir(self.dir.path())
             .env("NODE_ENV", "production")
             .env("HOST", "127.0.0.1")
             .env("PORT", self.port.to_string())
-            .env("DATABASE_CLIENT", "sqlite")
-            .env("DATABASE_FILENAME", self.database_path())
             .env("PUBLIC_DIR", self.dir.path().join("public"))
             .env("SERVE_ADMIN_PANEL", "false")
             .env("STRAPI_TOKEN", &self.token)

@@ -1,6 +1,9 @@
-//! The Strapi project of `strapi/` against a real Strapi 5 process: the API
-//! token, the course's product and event types over REST, and a restart.
+//! The Strapi project of `strapi/` against a real Strapi 5 process, on
+//! SQLite and on a real PostgreSQL: the API token, the course's product and
+//! event types over REST (with the event position fields the app's sync
+//! queries), and a restart.
 
+use integration_tests::postgres::Postgres;
 use integration_tests::strapi::Strapi;
 use serde_json::{json, Value};
 
@@ -9,9 +12,22 @@ fn document_id(data: &Value) -> String {
 }
 
 #[test]
-fn products_and_events_over_rest_survive_a_restart() {
-    let mut strapi = Strapi::start();
+fn products_and_events_over_rest_survive_a_restart_on_sqlite() {
+    products_and_events_over_rest_survive_a_restart(Strapi::start());
+}
 
+#[test]
+fn products_and_events_over_rest_survive_a_restart_on_postgres() {
+    let postgres = Postgres::start();
+    let strapi = Strapi::start_on_postgres(&postgres.database("strapi"));
+    products_and_events_over_rest_survive_a_restart(strapi);
+    let indexes = postgres.psql("strapi", "SELECT indexname FROM pg_indexes WHERE tablename = 'events'").expect("psql");
+    for index in ["events_kafka_position", "events_kafka_origin"] {
+        assert!(indexes.lines().any(|l| l == index), "no {index} on events: {indexes}");
+    }
+}
+
+fn products_and_events_over_rest_survive_a_restart(mut strapi: Strapi) {
     // The token: required, and only the right one. Without a token the
     // users-permissions public role answers (403); a wrong token is 401.
     let anonymous = strapi.request_as(None, "GET", "/api/products", None);
@@ -105,6 +121,24 @@ fn products_and_events_over_rest_survive_a_restart() {
     assert_eq!(read.status, 200, "{:?}", read.body);
     assert_eq!(read.data()["value"], "Pear is in danger");
     assert_eq!(read.data()["metadata"], metadata);
+
+    // Events with where the app read them, found by position: offsets are
+    // big integers, compared as numbers (9 before 10).
+    for (partition, offset) in [(0, 9), (0, 10), (1, 3)] {
+        let body = json!({"data": {"value": format!("at {offset}"), "metadata": {},
+            "kafka_topic": "event", "kafka_partition": partition, "kafka_offset": offset.to_string()}});
+        let created = strapi.post("/api/events", &body);
+        assert_eq!(created.status, 201, "{:?}", created.body);
+    }
+    let last = strapi.get(
+        "/api/events?filters[kafka_topic][$eq]=event&filters[kafka_partition][$eq]=0\
+         &sort=kafka_offset:desc&pagination[pageSize]=1",
+    );
+    assert_eq!(last.status, 200, "{:?}", last.body);
+    assert_eq!(last.data()[0]["value"], "at 10", "{:?}", last.body);
+    assert_eq!(last.data()[0]["kafka_offset"], "10", "{:?}", last.body);
+    let unknown = strapi.get("/api/events?filters[no_such_field][$eq]=1");
+    assert_eq!(unknown.status, 400, "a query on a field the type lacks is refused: {:?}", unknown.body);
 
     // Delete.
     let deleted = strapi.delete(&format!("/api/products/{apple_id}"));
