@@ -14,131 +14,18 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use integration_tests::opsci::{error_topic, strapi_catalogue, strapi_events, Dataset, Lcg, Size};
 use integration_tests::strapi::Strapi;
 use integration_tests::Broker;
 use opsci_app::sources::{produce, KafkaConfig, Kind};
 use opsci_app::topology::Topics;
-use rdkafka::Message;
 use serde_json::Value;
 
 const PARTITIONS: i32 = 3;
 const PRODUCTS: u64 = 200;
-const UNKNOWN: u64 = 10;
 const EVENTS: u64 = 200;
-const MOVEMENTS: usize = 2_400;
 const CHUNKS: usize = 6;
-
-/// A small deterministic generator (no test should depend on luck).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % below
-    }
-}
-
-/// The input files, and what must come out of them.
-struct Dataset {
-    products: String,
-    events: String,
-    stock: Vec<String>,
-    /// barcode → (stock, status)
-    catalogue: BTreeMap<String, (i64, String)>,
-    /// Events Strapi must hold, as (value or status change, count).
-    events_expected: BTreeMap<String, usize>,
-    /// Rejections by reason code.
-    rejections: BTreeMap<String, usize>,
-    /// Rows the loader itself rejects.
-    malformed_rows: usize,
-}
-
-fn status(stock: i64, reference: i64) -> &'static str {
-    if stock == 0 {
-        "empty"
-    } else if 10 * stock < reference {
-        "danger"
-    } else {
-        "safe"
-    }
-}
-
-fn barcode(id: u64) -> String {
-    format!("400000{id:07}")
-}
-
-impl Dataset {
-    fn generate() -> Dataset {
-        let mut rng = Lcg(42);
-        let mut products = String::from("name,description,stock_available,barcode\n");
-        let mut reference = BTreeMap::new();
-        for id in 1..=PRODUCTS {
-            let stock = if id % 50 == 0 { 0 } else { rng.next(120) as i64 };
-            products.push_str(&format!("Product {id},\"Made for test, number {id}\",{stock},{}\n", barcode(id)));
-            reference.insert(id, stock);
-        }
-        let mut events = String::from("value;metadata\n");
-        let mut events_expected = BTreeMap::new();
-        for n in 1..=EVENTS {
-            events.push_str(&format!("Event {n};{{\"n\":{n},\"source\":\"csv\"}}\n"));
-            *events_expected.entry(format!("Event {n}")).or_insert(0) += 1;
-        }
-        events.push_str("Broken event;{not json\n");
-        let mut stock_now = reference.clone();
-        let mut rejections = BTreeMap::<String, usize>::new();
-        let mut malformed_rows = 0;
-        let mut lines = Vec::new();
-        for i in 0..MOVEMENTS {
-            let id = 1 + rng.next(PRODUCTS + UNKNOWN);
-            let roll = rng.next(100);
-            let (line, outcome) = if i % 400 == 7 {
-                malformed_rows += 1;
-                (format!("{id},lots,IN"), None)
-            } else if i % 300 == 11 {
-                (format!("{id},5,SIDEWAYS"), Some(Err("bad_type")))
-            } else {
-                let amount = if roll < 3 {
-                    0
-                } else if roll < 5 {
-                    -4
-                } else {
-                    1 + rng.next(25) as i64
-                };
-                let out = rng.next(100) < 55;
-                let line = format!("{id},{amount},{}", if out { "OUT" } else { "IN" });
-                let outcome = if amount <= 0 {
-                    Err("bad_amount")
-                } else if id > PRODUCTS {
-                    Err("unknown_product")
-                } else {
-                    let before = stock_now[&id];
-                    let after = if out { before - amount } else { before + amount };
-                    if after < 0 {
-                        Err("insufficient_stock")
-                    } else {
-                        stock_now.insert(id, after);
-                        let (old, new) = (status(before, reference[&id]), status(after, reference[&id]));
-                        Ok((old != new).then(|| format!("product {id}: {old} -> {new} at {after}")))
-                    }
-                };
-                (line, Some(outcome))
-            };
-            match outcome {
-                Some(Err(code)) => *rejections.entry(code.to_string()).or_insert(0) += 1,
-                Some(Ok(Some(change))) => *events_expected.entry(change).or_insert(0) += 1,
-                Some(Ok(None)) | None => {}
-            }
-            lines.push(line);
-        }
-        let stock =
-            lines.chunks(MOVEMENTS / CHUNKS).map(|chunk| format!("id,amount,type\n{}\n", chunk.join("\n"))).collect();
-        let catalogue = stock_now
-            .iter()
-            .map(|(id, stock)| (barcode(*id), (*stock, status(*stock, reference[id]).to_string())))
-            .collect();
-        Dataset { products, events, stock, catalogue, events_expected, rejections, malformed_rows }
-    }
-}
+const SIZE: Size = Size { products: PRODUCTS, unknown: 10, events: EVENTS, movements: 2_400, chunks: CHUNKS };
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
@@ -207,82 +94,6 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Every entry of a Strapi collection (Strapi 5: flat attributes).
-fn strapi_all(strapi: &Strapi, collection: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    for page in 1.. {
-        let reply = strapi.get(&format!("/api/{collection}?pagination[page]={page}&pagination[pageSize]=100"));
-        assert_eq!(reply.status, 200, "{:?}", reply.body);
-        all.extend(reply.body["data"].as_array().cloned().unwrap_or_default());
-        if page >= reply.body["meta"]["pagination"]["pageCount"].as_u64().unwrap_or(1) {
-            return all;
-        }
-    }
-    all
-}
-
-/// barcode → (stock, status), and how many entries each barcode has.
-fn strapi_catalogue(strapi: &Strapi) -> (BTreeMap<String, (i64, String)>, BTreeMap<String, usize>) {
-    let (mut catalogue, mut counts) = (BTreeMap::new(), BTreeMap::new());
-    for p in strapi_all(strapi, "products") {
-        let barcode = p["barcode"].as_str().unwrap_or_default().to_string();
-        *counts.entry(barcode.clone()).or_insert(0) += 1;
-        catalogue
-            .insert(barcode, (p["stock_available"].as_i64().unwrap_or(-1), p["status"].as_str().unwrap_or("").into()));
-    }
-    (catalogue, counts)
-}
-
-/// The events in Strapi, in the dataset's notation.
-fn strapi_events(strapi: &Strapi) -> BTreeMap<String, usize> {
-    let mut events = BTreeMap::new();
-    for e in strapi_all(strapi, "events") {
-        let m = &e["metadata"];
-        let key = match m.get("old_status") {
-            Some(old) => format!(
-                "product {}: {} -> {} at {}",
-                m["product"],
-                old.as_str().unwrap_or("?"),
-                m["status"].as_str().unwrap_or("?"),
-                m["stock"]
-            ),
-            None => e["value"].as_str().unwrap_or_default().to_string(),
-        };
-        *events.entry(key).or_insert(0) += 1;
-    }
-    events
-}
-
-/// The error topic: rejections by reason code, each movement counted once
-/// (by its source offset: a broker may show records of aborted
-/// transactions), and rows rejected by the loader.
-fn error_topic(broker: &Broker) -> (BTreeMap<String, usize>, usize) {
-    let consumer = broker.reader("error", PARTITIONS, &[]);
-    let mut seen = BTreeMap::new();
-    let mut rows = 0;
-    let mut last = Instant::now();
-    while last.elapsed() < Duration::from_secs(3) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            last = Instant::now();
-            let value: Value =
-                serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON on the error topic");
-            if value["file"].as_str().is_some_and(|f| f.contains("stock")) {
-                rows += 1;
-            } else if let Some(code) = value["reason"]["code"].as_str() {
-                let source = &value["source"];
-                assert_eq!(source["topic"], "stock", "{value}");
-                assert!(value["message"].as_str().is_some_and(|m| !m.is_empty()), "{value}");
-                seen.insert((source["partition"].as_u64(), source["offset"].as_i64()), code.to_string());
-            }
-        }
-    }
-    let mut codes = BTreeMap::new();
-    for code in seen.into_values() {
-        *codes.entry(code).or_insert(0) += 1;
-    }
-    (codes, rows)
-}
-
 fn setup() -> (Broker, Strapi, KafkaConfig, Dataset, tempfile::TempDir) {
     let broker = Broker::start();
     for topic in ["product", "stock", "event", "error", "catalogue"] {
@@ -291,7 +102,7 @@ fn setup() -> (Broker, Strapi, KafkaConfig, Dataset, tempfile::TempDir) {
     let strapi = Strapi::start();
     let kafka =
         KafkaConfig { brokers: broker.bootstrap().to_string(), topics: Topics::default(), properties: Vec::new() };
-    (broker, strapi, kafka, Dataset::generate(), tempfile::tempdir().expect("temp dir"))
+    (broker, strapi, kafka, Dataset::generate(SIZE), tempfile::tempdir().expect("temp dir"))
 }
 
 fn load(kafka: &KafkaConfig, dir: &Path, kind: Kind, name: &str, text: &str) {
@@ -319,7 +130,7 @@ fn check(broker: &Broker, strapi: &Strapi, data: &Dataset) {
     assert_eq!(catalogue, data.catalogue);
     assert!(counts.values().all(|n| *n == 1), "duplicate products in Strapi: {counts:?}");
     assert_eq!(strapi_events(strapi), data.events_expected);
-    let (codes, rows) = error_topic(broker);
+    let (codes, rows) = error_topic(broker, PARTITIONS);
     assert_eq!(codes, data.rejections, "rejections on the error topic, by reason");
     assert_eq!(rows, data.malformed_rows, "rows rejected by the loader");
 }
@@ -368,7 +179,7 @@ fn run(kills: usize) {
 
 #[test]
 fn strapi_ends_equal_to_an_independent_fold_of_the_csv_files() {
-    let data = Dataset::generate();
+    let data = Dataset::generate(SIZE);
     assert!(data.rejections.len() == 4 && data.rejections.values().all(|n| *n > 5), "{:?}", data.rejections);
     assert!(data.events_expected.len() > EVENTS as usize + 50, "enough status changes");
     run(0);

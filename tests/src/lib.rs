@@ -25,6 +25,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 pub mod deploy;
 pub mod fold;
+pub mod opsci;
 pub mod postgres;
 pub mod proxy;
 pub mod strapi;
