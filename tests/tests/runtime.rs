@@ -431,3 +431,38 @@ fn a_stream_table_join_reads_its_table_to_its_end_before_the_stream() {
     let expected: BTreeMap<String, i64> = (PRICES - 100..PRICES).map(|i| (format!("product-{i}"), 2 * i)).collect();
     assert_eq!(priced, expected, "every order joined with its price");
 }
+
+/// A static member (the default with a state directory) that stops cleanly
+/// removes itself from its group, so the others take over at once; with
+/// `leave_group_on_stop` false it stays a member until its session times out.
+#[test]
+fn a_static_member_that_stops_cleanly_leaves_its_group() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let broker = Broker::start();
+    broker.create_topic("leave-in", 2);
+    produce_to(&broker, "leave-in", 0, 50);
+    let members = |group: &str| -> Vec<String> {
+        let consumer: BaseConsumer = broker.client_config().create().expect("consumer");
+        let groups = consumer.fetch_group_list(Some(group), Duration::from_secs(10)).expect("describe group");
+        groups.groups().iter().flat_map(|g| g.members().iter().map(|m| m.id().to_string())).collect()
+    };
+    for leave in [true, false] {
+        let state = tempfile::tempdir().expect("temp dir");
+        let group = format!("leave-{leave}");
+        let streams = StreamsConfig::new(group.clone()).state(StateBackend::RocksDb(state.path().to_path_buf()));
+        let mut config = RuntimeConfig::new(streams, broker.bootstrap());
+        config.leave_group_on_stop = leave;
+        let mut runtime =
+            Runtime::new(fold_topology("leave-in", &format!("leave-out-{leave}")), config).expect("runtime");
+        let id = runtime.group_instance_id().expect("a static member").to_string();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        runtime.run(|m| m.totals.records_in >= 50 || Instant::now() > deadline).expect("run");
+        assert_eq!(runtime.metrics().totals.records_in, 50);
+        drop(runtime);
+        let still = members(&group);
+        // Static members' ids start with their group.instance.id.
+        let member = still.iter().any(|m| m.starts_with(&id));
+        assert_eq!(member, !leave, "leave_group_on_stop {leave}: members {still:?}, instance {id}");
+    }
+}

@@ -75,7 +75,15 @@ impl CatalogueSync {
         while !stop.load(Ordering::Relaxed) {
             let deadline = Instant::now() + self.interval;
             while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
-                match consumer.poll(left) {
+                let polled = consumer.poll(left);
+                // States read before a revocation that this poll served are
+                // dropped (the partition's next owner, maybe this instance
+                // again, reads them again from the committed offset); a record
+                // it returned comes after the revocation, so it is kept.
+                for partition in consumer.context().take_revoked() {
+                    self.pending.retain(|_, p| p.partition != partition);
+                }
+                match polled {
                     Some(Ok(message)) => {
                         self.take(&message)?;
                         unstored = true;
@@ -83,9 +91,6 @@ impl CatalogueSync {
                     Some(Err(error)) => tracing::warn!(%error, "catalogue consumer"),
                     None => {}
                 }
-            }
-            for partition in consumer.context().take_revoked() {
-                self.pending.retain(|_, p| p.partition != partition);
             }
             if !self.pending.is_empty() && Instant::now() >= retry_at {
                 match self.write_pending() {

@@ -61,7 +61,8 @@ pub struct SyncConfig {
     /// The runtime's static group member id, if any: the syncs' consumers
     /// are static members too (`<id>-strapi-catalogue`, `<id>-strapi-events`),
     /// so that a restarted instance resumes writing Strapi at once rather
-    /// than after the crashed one's session timeout.
+    /// than after the crashed one's session timeout; a clean stop removes
+    /// them from their groups, as the runtime does its own member.
     pub instance_id: Option<String>,
     /// How long product states are coalesced before they are written.
     pub interval: Duration,
@@ -91,30 +92,26 @@ pub fn start(
         let (kafka, strapi, metrics, interval) = (kafka.clone(), strapi.clone(), metrics.clone(), config.interval);
         let app = app.clone();
         move |stop: &AtomicBool| -> Result<(), SyncError> {
-            let consumer = support::group_consumer(
-                &kafka,
-                &format!("{app}-strapi-catalogue"),
-                catalogue_member.as_deref(),
-                &kafka.topics.catalogue,
-                true,
-            )?;
+            let group = format!("{app}-strapi-catalogue");
+            let member = catalogue_member.as_deref();
+            let consumer = support::group_consumer(&kafka, &group, member, &kafka.topics.catalogue, true)?;
             let entries = entries::Entries::open(&kafka, &format!("{app}-strapi-entries"))?;
             let errors = support::ErrorSink::new(&kafka, metrics.clone())?;
-            CatalogueSync::new(strapi.clone(), entries, errors, interval, metrics.clone()).run(consumer, stop)
+            CatalogueSync::new(strapi.clone(), entries, errors, interval, metrics.clone()).run(consumer, stop)?;
+            support::leave(&kafka, &group, member);
+            Ok(())
         }
     };
     let events = {
         let (kafka, metrics, beginning) = (kafka.clone(), metrics.clone(), config.beginning);
         move |stop: &AtomicBool| -> Result<(), SyncError> {
-            let consumer = support::group_consumer(
-                &kafka,
-                &format!("{app}-strapi-events"),
-                events_member.as_deref(),
-                &kafka.topics.event,
-                beginning,
-            )?;
+            let group = format!("{app}-strapi-events");
+            let member = events_member.as_deref();
+            let consumer = support::group_consumer(&kafka, &group, member, &kafka.topics.event, beginning)?;
             let errors = support::ErrorSink::new(&kafka, metrics.clone())?;
-            EventSync::new(strapi.clone(), errors, kafka.topics.event.clone(), metrics.clone()).run(consumer, stop)
+            EventSync::new(strapi.clone(), errors, kafka.topics.event.clone(), metrics.clone()).run(consumer, stop)?;
+            support::leave(&kafka, &group, member);
+            Ok(())
         }
     };
     Ok(vec![

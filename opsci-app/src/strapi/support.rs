@@ -48,6 +48,21 @@ impl Tracked {
     }
 }
 
+/// Removes static member `member` (if any) from `group` once its consumer
+/// is closed, so that another instance takes its partitions over at once
+/// (see [`stream_core::runtime::leave_group`]); a failure only delays that.
+pub fn leave(kafka: &KafkaConfig, group: &str, member: Option<&str>) {
+    let Some(member) = member else { return };
+    let protocol = kafka
+        .properties
+        .iter()
+        .find(|(key, _)| key == "security.protocol" || key == "consumer.security.protocol")
+        .map(|(_, value)| value.as_str());
+    if let Err(error) = stream_core::runtime::leave_group(&kafka.brokers, protocol, group, member) {
+        tracing::warn!(%error, group, "could not leave the group: the others take over at its session timeout");
+    }
+}
+
 /// A consumer of `topic` in consumer group `group` (a static member when
 /// `member` is its `group.instance.id`), committing only the offsets stored
 /// by the caller; a new group starts at the beginning of the topic, or at

@@ -35,6 +35,12 @@ pub struct RuntimeConfig {
     /// membership: how soon a restarted instance gets its partitions back,
     /// and how soon the others take over from a stopped one.
     pub membership: Membership,
+    /// Whether a static member removes itself from the group when it stops
+    /// cleanly (true, the default), so that the others take its partitions
+    /// over at once; false: they wait for its session timeout, and an
+    /// instance restarted within it (a rolling restart) gets them back
+    /// without a rebalance. See [`super::membership`].
+    pub leave_group_on_stop: bool,
     /// librdkafka properties passed to every client (security.protocol,
     /// sasl.*, ssl.*, ...). As in Kafka Streams, a key prefixed `consumer.`,
     /// `producer.` or `admin.` goes to that kind of client only, without the
@@ -109,6 +115,7 @@ impl RuntimeConfig {
             startup_timeout: None,
             task_timeout: Duration::from_secs(300),
             membership: Membership::Static,
+            leave_group_on_stop: true,
             properties: Vec::new(),
         }
     }

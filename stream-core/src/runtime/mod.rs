@@ -105,7 +105,7 @@ use config::ClientKind;
 pub use config::{PropertyKeys, RuntimeConfig};
 use engine::Engine;
 pub use error::{is_retriable, RuntimeError};
-pub use membership::Membership;
+pub use membership::{leave_group, LeaveError, Membership};
 pub use metrics::{MetricsHandle, RuntimeMetrics, TaskStatus};
 pub use query::StoreReader;
 use rebalance::Rebalancing;
@@ -251,8 +251,19 @@ impl Runtime {
         }
         let mut engine = self.engine()?;
         engine.shut_down(&self.consumer)?;
+        let config = engine.config.clone();
         drop(engine);
         self.consumer.unsubscribe();
+        if let Some(id) = self.instance_id.as_deref().filter(|_| config.leave_group_on_stop) {
+            let protocol = config.client(ClientKind::Consumer).get("security.protocol").map(str::to_string);
+            let group = &config.streams.application_id;
+            match leave_group(&config.bootstrap_servers, protocol.as_deref(), group, id) {
+                Ok(()) => tracing::info!(group_instance_id = %id, "left the group"),
+                Err(error) => {
+                    tracing::warn!(%error, "could not leave the group: the others take over at its session timeout")
+                }
+            }
+        }
         Ok(())
     }
 
