@@ -17,7 +17,6 @@
 //! `FLEET_MOVEMENTS` change it (the full size of the production scenario:
 //! `FLEET_PRODUCTS=10000 FLEET_MOVEMENTS=1000000`).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use std::time::{Duration, Instant};
 use integration_tests::opsci::{error_topic, strapi_catalogue, strapi_events, Dataset, Lcg, Size};
 use integration_tests::postgres::Postgres;
 use integration_tests::strapi::Strapi;
-use integration_tests::Broker;
+use integration_tests::{free_port, Broker};
 use opsci_app::sources::{produce, KafkaConfig, Kind};
 use opsci_app::topology::Topics;
 
@@ -35,10 +34,6 @@ const CHUNKS: usize = 10;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// One `opsci-app run` instance: its state directory and HTTP port stay
@@ -268,7 +263,17 @@ fn a_fleet_of_three_loses_two_and_stops_one_and_strapi_on_postgres_ends_exact() 
     let loaded_at = loader.join().expect("the loader");
     let loaded = loaded_at - started;
 
-    wait_until("Strapi's catalogue and events equal the fold", Duration::from_secs(1800), || {
+    // Listing every product and event costs Strapi hundreds of requests at
+    // full size: only once it holds as many events as expected.
+    let expected_events = data.events_expected.values().sum::<usize>() as u64;
+    let events_held = || strapi.get("/api/events?pagination[pageSize]=1").body["meta"]["pagination"]["total"].as_u64();
+    wait_until("Strapi's catalogue and events equal the fold", Duration::from_secs(3600), || {
+        let held = events_held();
+        assert!(held.is_none_or(|n| n <= expected_events), "{held:?} events in Strapi, {expected_events} expected");
+        if held != Some(expected_events) {
+            std::thread::sleep(Duration::from_millis(400));
+            return false;
+        }
         strapi_catalogue(&strapi).0 == data.catalogue && strapi_events(&strapi) == data.events_expected
     });
     let in_sync = loaded_at.elapsed();
@@ -289,10 +294,7 @@ fn a_fleet_of_three_loses_two_and_stops_one_and_strapi_on_postgres_ends_exact() 
 
     println!(
         "fleet: {} products, {} movements, {} events expected in Strapi, {} instances, {PARTITIONS} partitions",
-        size.products,
-        size.movements,
-        data.events_expected.values().sum::<usize>(),
-        INSTANCES
+        size.products, size.movements, expected_events, INSTANCES
     );
     println!(
         "movements loaded in {:.1} s; Strapi in sync {:.1} s after the last one",

@@ -164,7 +164,9 @@ fn run(kills: usize) {
         .map(|l| l["fields"].clone())
         .filter(|f| f["message"] == "read the events already in Strapi")
         .collect();
-    assert!(reads.iter().any(|r| r["partitions"] != 0), "a start found events in Strapi:\n{log}");
+    if kills > 0 {
+        assert!(reads.iter().any(|r| r["partitions"] != 0), "a restart found events in Strapi:\n{log}");
+    }
     // Per partition of the event topic: its last event, the source topics
     // (one, and the lookup that finds no other), the last event of each
     // source partition (`PARTITIONS`, and the lookup that finds no other).

@@ -15,11 +15,12 @@
 //! creates) through `setpriv`.
 
 use std::fs::OpenOptions;
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::{free_port, signal_group};
 
 /// How long a start may take before the harness gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -61,10 +62,6 @@ fn server_command(program: &str) -> Command {
     } else {
         Command::new(path)
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
 /// A running PostgreSQL server; killed on drop.
@@ -217,19 +214,6 @@ impl Postgres {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
-}
-
-/// Sends `signal` to the process group the child leads (the postmaster and
-/// its backends).
-fn signal_group(child: &Child, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg("--")
-        .arg(format!("-{}", child.id()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
 }
 
 impl Drop for Postgres {

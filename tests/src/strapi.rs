@@ -18,7 +18,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +25,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::{free_port, signal_group};
 
 /// How long a start may take before the harness gives up, unless
 /// `STRAPI_START_TIMEOUT_SECS` says otherwise.
@@ -94,28 +95,11 @@ pub fn install() {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
-}
-
 /// 32 random bytes from the kernel, as hex: a fresh API token.
 fn random_token() -> String {
     let mut bytes = [0u8; 32];
     File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("random bytes");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Sends SIGTERM or SIGKILL to the child's process group (the child leads
-/// it: run.sh execs Strapi, and npm's children during an install).
-fn signal_group(child: &Child, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg("--")
-        .arg(format!("-{}", child.id()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// The last lines of a log file.
