@@ -54,6 +54,8 @@ pub struct CatalogueSync {
     interval: Duration,
     metrics: Arc<AppMetrics>,
     pending: BTreeMap<u64, Pending>,
+    /// Whether the entries were refreshed during this batch of writes.
+    refreshed: bool,
 }
 
 impl CatalogueSync {
@@ -64,7 +66,7 @@ impl CatalogueSync {
         interval: Duration,
         metrics: Arc<AppMetrics>,
     ) -> Self {
-        CatalogueSync { strapi, entries, errors, interval, metrics, pending: BTreeMap::new() }
+        CatalogueSync { strapi, entries, errors, interval, metrics, pending: BTreeMap::new(), refreshed: false }
     }
 
     /// Runs until `stop` is set, reading the catalogue topic with `consumer`.
@@ -135,6 +137,7 @@ impl CatalogueSync {
     /// Writes every pending state; stops at the first failure that a retry
     /// may cure, leaving it and the rest pending.
     fn write_pending(&mut self) -> Result<(), SyncError> {
+        self.refreshed = false;
         let ids: Vec<u64> = self.pending.keys().copied().collect();
         for id in ids {
             let Some(Pending { state, source, .. }) = self.pending.get(&id).cloned() else { continue };
@@ -164,8 +167,10 @@ impl CatalogueSync {
                 }
                 Err(error) => return Err(error.into()),
             }
-        } else {
-            // Another instance may have created it since we last looked.
+        } else if !std::mem::replace(&mut self.refreshed, true) {
+            // Another instance may have created it since we last looked (once
+            // per batch: a refresh costs a round trip, and a batch after a
+            // takeover holds thousands of products this instance never mapped).
             self.entries.refresh()?;
             if self.entries.get(id).is_some() {
                 return self.write(id, state);
